@@ -1,0 +1,1 @@
+"""ReplayForge: a fault-tolerant queue for loss-tolerant data."""

@@ -1,0 +1,1 @@
+"""The player: pull batches from a relay and feed them to sinks."""

@@ -1,0 +1,1 @@
+"""The proxy: capture, transform, buffer and forward events."""

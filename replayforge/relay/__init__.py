@@ -1,0 +1,1 @@
+"""The relay: batches stored per bucket, served to players."""

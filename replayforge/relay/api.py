@@ -1,0 +1,264 @@
+"""
+The relay's HTTP API: proxies post batches, players fetch and acknowledge.
+
+Every answer follows the Go relay's protocol (see the specification); a
+request is authorized for a bucket only by that bucket's own token.
+Nothing is answered 200 before it is committed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import CancelledError, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from replayforge.relay.bucket import BucketStore
+from replayforge.relay.config import RelayConfig
+from replayforge.relay.stats import RelayStats
+from replayforge.web import bearer_matches, header_text, json_body, text_body
+
+log = Logger()
+
+DEFAULT_LIMIT = 100
+MAX_WAIT_SECONDS = 30.0
+
+
+class BadRequest(Exception):
+    """A request the relay answers with a 4xx and a message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class RelayAPI:
+    """The Klein application behind the relay's main listener."""
+
+    app = Klein()
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        stores: dict[str, BucketStore],
+        stats: RelayStats,
+        clock: IReactorTime,
+    ) -> None:
+        self._config = config
+        self._stores = stores
+        self._stats = stats
+        self._clock = clock
+
+    @app.handle_errors(BadRequest)
+    def _bad_request(self, request: IRequest, failure: Any) -> bytes:
+        error: BadRequest = failure.value
+        return text_body(request, error.code, error.message + "\n")
+
+    def _authorized_store(self, request: IRequest, bucket: str) -> BucketStore:
+        store = self._stores.get(bucket)
+        authorization = request.getHeader(b"Authorization")
+        # An unknown bucket is checked against an empty token, which never
+        # matches, so both refusals take the same path.
+        token = store.config.auth if store is not None else ""
+        if store is None or not bearer_matches(authorization, token):
+            raise BadRequest(401, f"not authorized for bucket {bucket!r}")
+        return store
+
+    def _one_bucket(self, request: IRequest) -> BucketStore:
+        bucket = header_text(request, b"RF-BUCKET")
+        if not bucket:
+            raise BadRequest(400, "missing RF-BUCKET header")
+        return self._authorized_store(request, bucket)
+
+    @app.route("/record-batch", methods=["POST"])
+    async def record_batch(self, request: IRequest) -> bytes:
+        """Store a JSON array of strings in every bucket of C{RF-BUCKETS}."""
+        names = [
+            name.strip()
+            for name in header_text(request, b"RF-BUCKETS").split(",")
+            if name.strip()
+        ]
+        if not names:
+            raise BadRequest(400, "missing RF-BUCKETS header")
+        stores = [
+            self._authorized_store(request, name) for name in dict.fromkeys(names)
+        ]
+        events = _parse_event_array(request.content.read())
+
+        full = [store.name for store in stores if store.is_full]
+        if full:
+            for name in full:
+                self._stats.drop(name, "refused_bucket_full", len(events))
+            log.warn(
+                "refused {count} events: buckets over their size cap: {buckets}",
+                count=len(events),
+                buckets=", ".join(full),
+            )
+            raise BadRequest(
+                429, "database size limit exceeded for buckets: " + ", ".join(full)
+            )
+
+        env = header_text(request, b"RF-ENV-NAME")
+        host = header_text(request, b"RF-HOSTNAME")
+        batch_id = header_text(request, b"RF-BATCH-ID") or None
+        # No bucket was full above and nothing ran since: every append starts.
+        stored = await gatherResults(
+            [store.append(events, batch_id) for store in stores],
+            consumeErrors=True,
+        )
+
+        now = self._clock.seconds()
+        for store, fresh in zip(stores, stored, strict=True):
+            if fresh:
+                self._stats.received(store.name, env, host, len(events), now)
+            else:
+                log.debug(
+                    "{bucket}: batch {batch_id} was already stored",
+                    bucket=store.name,
+                    batch_id=batch_id,
+                )
+        return text_body(request, 200, "")
+
+    @app.route("/first-batch", methods=["GET"])
+    async def first_batch(self, request: IRequest) -> bytes:
+        """Answer the oldest records of C{RF-BUCKET}, waiting if asked to."""
+        store = self._one_bucket(request)
+        limit = _query_number(request, b"limit", DEFAULT_LIMIT, whole=True)
+        if limit <= 0:
+            raise BadRequest(400, "invalid limit parameter: expected a number above 0")
+        limit = min(int(limit), self._config.max_batch)
+        wait = _query_number(request, b"wait", 0, whole=False)
+        if not 0 <= wait <= MAX_WAIT_SECONDS:
+            raise BadRequest(
+                400, f"invalid wait parameter: expected 0 to {MAX_WAIT_SECONDS:g}"
+            )
+
+        records = await store.first(limit)
+        if not records and wait:
+            waiting = store.wait_for_records(wait)
+            request.notifyFinish().addErrback(lambda _: waiting.cancel())
+            try:
+                await waiting
+            except CancelledError:
+                return b""
+            records = await store.first(limit)
+        if not records:
+            return json_body(request, 404, [])
+
+        self._stats.sent(
+            store.name,
+            header_text(request, b"RF-ENV-NAME"),
+            header_text(request, b"RF-HOSTNAME"),
+            len(records),
+            self._clock.seconds(),
+        )
+        return json_body(
+            request,
+            200,
+            [{"id": record.id, "content": record.content} for record in records],
+        )
+
+    @app.route("/acknowledge-batch", methods=["DELETE"])
+    async def acknowledge_batch(self, request: IRequest) -> bytes:
+        """Delete the records whose ids are listed in the body."""
+        store = self._one_bucket(request)
+        ids = _parse_ids(request.content.read())
+        deleted = await store.acknowledge(ids)
+        if not deleted:
+            return text_body(request, 404, "no records matched the given ids\n")
+        return text_body(request, 200, f"{deleted} records deleted successfully")
+
+    @app.route("/node-info", methods=["POST"])
+    def node_info(self, request: IRequest) -> bytes:
+        """Keep a host's latest report of its own figures."""
+        self._one_bucket(request)
+        host = header_text(request, b"RF-HOSTNAME")
+        if not host:
+            raise BadRequest(400, "missing RF-HOSTNAME header")
+        try:
+            report = json.loads(request.content.read())
+        except ValueError:
+            report = None
+        if not isinstance(report, dict):
+            raise BadRequest(400, "invalid request body: expected a JSON object")
+        self._stats.node_report(host, report, self._clock.seconds())
+        return text_body(request, 200, "")
+
+
+class StatusAPI:
+    """The relay's status listener: C{/statusz} and a liveness C{/}."""
+
+    app = Klein()
+
+    def __init__(
+        self, stores: dict[str, BucketStore], stats: RelayStats, clock: IReactorTime
+    ) -> None:
+        self._stores = stores
+        self._stats = stats
+        self._clock = clock
+
+    @app.route("/statusz", methods=["GET"])
+    def statusz(self, request: IRequest) -> bytes:
+        """Render traffic, sizes, node reports and drops as JSON."""
+        sizes = {
+            name: (store.used_bytes, store.config.max_bytes)
+            for name, store in self._stores.items()
+        }
+        return json_body(
+            request, 200, self._stats.as_json(self._clock.seconds(), sizes)
+        )
+
+    @app.route("/", methods=["GET"])
+    def alive(self, request: IRequest) -> bytes:
+        """Answer C{ok} while the relay runs."""
+        return text_body(request, 200, "ok")
+
+
+def _parse_event_array(body: bytes) -> list[str]:
+    try:
+        events = json.loads(body)
+    except ValueError:
+        raise BadRequest(400, "invalid JSON: expected an array of strings") from None
+    if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+        raise BadRequest(400, "invalid body: expected a JSON array of strings")
+    return events
+
+
+def _parse_ids(body: bytes) -> list[int]:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise BadRequest(400, 'invalid JSON: expected {"ids": [...]}') from None
+    raw_ids = document.get("ids") if isinstance(document, dict) else None
+    if not isinstance(raw_ids, list) or not raw_ids:
+        raise BadRequest(400, 'invalid body: expected a non-empty "ids" array')
+    ids = []
+    for raw in raw_ids:
+        if isinstance(raw, bool) or not isinstance(raw, int | str):
+            raise BadRequest(400, f"invalid id {raw!r}: expected a whole number")
+        try:
+            ids.append(int(raw))
+        except ValueError:
+            raise BadRequest(
+                400, f"invalid id {raw!r}: expected a whole number"
+            ) from None
+    return ids
+
+
+def _query_number(request: IRequest, name: bytes, default: float, whole: bool) -> float:
+    values = request.args.get(name)
+    if not values:
+        return default
+    text = values[0].decode("ascii", "replace")
+    try:
+        return int(text) if whole else float(text)
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise BadRequest(
+            400, f"invalid {name.decode()} parameter {text!r}: expected {kind}"
+        ) from None

@@ -1,0 +1,280 @@
+"""
+One bucket's records on disk: appended by proxies, read and deleted by players.
+
+Each bucket is one SQLite file, C{<dataDir>/<bucket>/relay.sqlite3}, with the
+Go relay's C{wrap_calls} table.  Ids come from C{AUTOINCREMENT}, so they grow
+strictly and are never handed out twice, even once every record was
+acknowledged: a player recognises a redelivery by its id.  Batch ids seen in
+the last hour are kept beside the records, in the same transaction, so a
+retried batch is stored once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorTime
+from twisted.logger import Logger
+
+from replayforge.relay.config import BucketConfig
+from replayforge.store import maintain, open_pool, used_bytes
+
+log = Logger()
+
+BATCH_ID_MEMORY_SECONDS = 3600
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS wrap_calls ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " content TEXT NOT NULL,"
+    " timestamp INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS idx_timestamp ON wrap_calls (timestamp)",
+    "CREATE TABLE IF NOT EXISTS batch_ids ("
+    " batch_id TEXT PRIMARY KEY,"
+    " seen_at INTEGER NOT NULL)",
+)
+
+# A database written by the Go relay has ids without AUTOINCREMENT, which
+# SQLite may reuse once the newest record is deleted: its rows move to a new
+# table, in the same transaction as the schema.
+_ADOPT_GO_TABLE = (
+    "ALTER TABLE wrap_calls RENAME TO wrap_calls_go",
+    "DROP INDEX IF EXISTS idx_timestamp",
+)
+_COPY_GO_ROWS = (
+    "INSERT INTO wrap_calls (id, content, timestamp)"
+    " SELECT id, content, COALESCE(timestamp, 0) FROM wrap_calls_go",
+    "DROP TABLE wrap_calls_go",
+)
+
+
+class BucketFull(Exception):
+    """The bucket's file is over its size cap; nothing was stored."""
+
+
+@attrs.frozen
+class Record:
+    """One stored event as players receive it."""
+
+    id: int
+    content: str
+
+
+class BucketStore:
+    """
+    The records of one bucket, reached through a single-writer pool.
+
+    @ivar used_bytes: bytes of the file's pages that hold data, refreshed by
+        every write and by L{maintain}; the size cap is checked against it.
+    """
+
+    def __init__(
+        self,
+        config: BucketConfig,
+        data_dir: Path,
+        reactor: IReactorCore,
+        clock: IReactorTime,
+    ) -> None:
+        self.config = config
+        self.path = data_dir / config.name / "relay.sqlite3"
+        self.used_bytes = 0
+        self._clock = clock
+        self._pool: adbapi.ConnectionPool = open_pool(self.path, reactor)
+        self._waiters: list[Deferred[None]] = []
+
+    @property
+    def name(self) -> str:
+        """The bucket's name."""
+        return self.config.name
+
+    def open(self) -> Deferred[None]:
+        """Create the schema if needed and measure the file."""
+        return self._pool.runInteraction(self._create_schema)
+
+    def close(self) -> None:
+        """Close the pool; wake long-polling readers so they answer now."""
+        self._wake_waiters()
+        self._pool.close()
+
+    def _create_schema(self, cursor: sqlite3.Cursor) -> None:
+        row = cursor.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+            ("wrap_calls",),
+        ).fetchone()
+        adopting = row is not None and "AUTOINCREMENT" not in row[0].upper()
+        cursor.execute("BEGIN IMMEDIATE")
+        statements = _SCHEMA
+        if adopting:
+            statements = _ADOPT_GO_TABLE + _SCHEMA + _COPY_GO_ROWS
+        for statement in statements:
+            cursor.execute(statement)
+        if adopting:
+            log.info("{bucket}: adopted a database of the Go relay", bucket=self.name)
+        self.used_bytes = used_bytes(cursor)
+
+    @property
+    def is_full(self) -> bool:
+        """Tell whether the file is over the bucket's size cap."""
+        cap = self.config.max_bytes
+        return cap is not None and self.used_bytes > cap
+
+    def append(
+        self, contents: Sequence[str], batch_id: str | None = None
+    ) -> Deferred[bool]:
+        """
+        Store C{contents} in one transaction.
+
+        @param batch_id: the sender's id for this batch; a batch whose id was
+            stored in the last hour is not stored again.
+        @return: a L{Deferred} firing with C{True} once the records are
+            committed, or C{False} for a repeated batch.
+        @raise BucketFull: when the bucket is over its cap.
+        """
+        if self.is_full:
+            raise BucketFull(self.name)
+        now = int(self._clock.seconds())
+        done: Deferred[bool] = self._pool.runInteraction(
+            self._insert, list(contents), batch_id, now
+        )
+
+        def committed(stored: bool) -> bool:
+            if stored:
+                self._wake_waiters()
+            return stored
+
+        return done.addCallback(committed)
+
+    def _insert(
+        self,
+        cursor: sqlite3.Cursor,
+        contents: list[str],
+        batch_id: str | None,
+        now: int,
+    ) -> bool:
+        if batch_id:
+            seen = cursor.execute(
+                "SELECT 1 FROM batch_ids WHERE batch_id = ? AND seen_at >= ?",
+                (batch_id, now - BATCH_ID_MEMORY_SECONDS),
+            ).fetchone()
+            if seen is not None:
+                return False
+            cursor.execute(
+                "INSERT OR REPLACE INTO batch_ids (batch_id, seen_at) VALUES (?, ?)",
+                (batch_id, now),
+            )
+        cursor.executemany(
+            "INSERT INTO wrap_calls (content, timestamp) VALUES (?, ?)",
+            ((content, now) for content in contents),
+        )
+        self.used_bytes = used_bytes(cursor)
+        return True
+
+    def first(self, limit: int) -> Deferred[list[Record]]:
+        """Return up to C{limit} of the oldest records."""
+        return self._pool.runInteraction(self._select_first, limit)
+
+    @staticmethod
+    def _select_first(cursor: sqlite3.Cursor, limit: int) -> list[Record]:
+        rows = cursor.execute(
+            "SELECT id, content FROM wrap_calls ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+        return [Record(id=row[0], content=row[1]) for row in rows]
+
+    def wait_for_records(self, seconds: float) -> Deferred[None]:
+        """
+        Fire when records are next appended, or after C{seconds}.
+
+        Cancelling the result (a reader that went away) forgets it.
+        """
+        if seconds <= 0:
+            return succeed(None)
+        call: IDelayedCall | None = None
+
+        def forget(waiter: Deferred[None]) -> None:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            if call is not None and call.active():
+                call.cancel()
+
+        waiter: Deferred[None] = Deferred(forget)
+
+        def timed_out() -> None:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                waiter.callback(None)
+
+        call = self._clock.callLater(seconds, timed_out)
+
+        def stop_timer(result: None) -> None:
+            if call.active():
+                call.cancel()
+
+        waiter.addCallback(stop_timer)
+        self._waiters.append(waiter)
+        return waiter
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def acknowledge(self, ids: Sequence[int]) -> Deferred[int]:
+        """Delete the records with C{ids}; fire with how many were deleted."""
+        return self._pool.runInteraction(self._delete, list(ids))
+
+    def _delete(self, cursor: sqlite3.Cursor, ids: list[int]) -> int:
+        deleted = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            cursor.execute(f"DELETE FROM wrap_calls WHERE id IN ({marks})", chunk)
+            deleted += cursor.rowcount
+        self.used_bytes = used_bytes(cursor)
+        return deleted
+
+    def purge_expired(self) -> Deferred[int]:
+        """
+        Delete records older than the bucket's time to live, and batch ids
+        older than an hour; fire with how many records were deleted.
+        """
+        now = int(self._clock.seconds())
+        return self._pool.runInteraction(self._purge, now)
+
+    def _purge(self, cursor: sqlite3.Cursor, now: int) -> int:
+        cursor.execute(
+            "DELETE FROM batch_ids WHERE seen_at < ?", (now - BATCH_ID_MEMORY_SECONDS,)
+        )
+        purged = 0
+        if self.config.ttl_seconds:
+            cursor.execute(
+                "DELETE FROM wrap_calls WHERE timestamp < ?",
+                (now - self.config.ttl_seconds,),
+            )
+            purged = cursor.rowcount
+        self.used_bytes = used_bytes(cursor)
+        return purged
+
+    def maintain(self) -> Deferred[int]:
+        """Shrink the file to its data; fire with the bytes in use."""
+        done: Deferred[int] = self._pool.runWithConnection(maintain)
+
+        def measured(size: int) -> int:
+            self.used_bytes = size
+            return size
+
+        return done.addCallback(measured)
+
+    def file_bytes(self) -> int:
+        """Return the size of the database file and its WAL on disk."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                total += path.stat().st_size
+            except OSError:
+                pass
+        return total

@@ -1,0 +1,190 @@
+"""
+What the relay has seen, per bucket, environment and host, for C{/statusz}.
+
+Field names are those of the Go relay, so its dashboards keep working;
+C{dropped} (ours) counts every event lost or refused, by reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+SILENT_HOST_SECONDS = 3600
+
+
+def rfc3339(seconds: float | None) -> str:
+    """Format a Unix time as RFC 3339 in UTC; never is Go's zero time."""
+    if seconds is None:
+        return GO_ZERO_TIME
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def go_duration(seconds: float) -> str:
+    """Format a duration the way Go's C{time.Duration} prints it."""
+    whole_hours, rest = divmod(seconds, 3600)
+    minutes, rest = divmod(rest, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    if whole_hours:
+        return f"{int(whole_hours)}h{int(minutes)}m{text}"
+    if minutes:
+        return f"{int(minutes)}m{text}"
+    return text
+
+
+@attrs.define
+class Traffic:
+    """Counts of one bucket, environment or host."""
+
+    kind: str
+    id: str
+    rx_messages_by_minute: int = 0
+    last_minute_rx_messages: int = 0
+    rx_messages_since_start: int = 0
+    rx_last_message_date: float | None = None
+    rx_query_by_minute: int = 0
+    tx_message_by_minute: int = 0
+    tx_messages_since_start: int = 0
+    tx_query_by_minute: int = 0
+    tx_last_access: float | None = None
+
+    def received(self, count: int, now: float) -> None:
+        """Count C{count} events stored by one request."""
+        self.rx_messages_by_minute += count
+        self.rx_messages_since_start += count
+        self.rx_query_by_minute += 1
+        self.rx_last_message_date = now
+
+    def sent(self, count: int, now: float) -> None:
+        """Count C{count} events handed to a player by one request."""
+        self.tx_message_by_minute += count
+        self.tx_messages_since_start += count
+        self.tx_query_by_minute += 1
+        self.tx_last_access = now
+
+    def next_minute(self) -> None:
+        """Start a new minute of per-minute counts."""
+        self.last_minute_rx_messages = self.rx_messages_by_minute
+        self.rx_messages_by_minute = 0
+        self.rx_query_by_minute = 0
+        self.tx_message_by_minute = 0
+        self.tx_query_by_minute = 0
+
+    def last_seen(self) -> float:
+        """The last time this key sent or fetched anything."""
+        return max(self.rx_last_message_date or 0, self.tx_last_access or 0)
+
+    def as_json(self) -> dict[str, Any]:
+        """Render with the Go relay's field names."""
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "rxMessagesByMinute": self.rx_messages_by_minute,
+            "lastMinuteRxMessages": self.last_minute_rx_messages,
+            "rxMessagesSinceStart": self.rx_messages_since_start,
+            "rxLastMessageDate": rfc3339(self.rx_last_message_date),
+            "rxQueryByMinute": self.rx_query_by_minute,
+            "txMessageByMinute": self.tx_message_by_minute,
+            "txMessagesSinceStart": self.tx_messages_since_start,
+            "txQueryByMinute": self.tx_query_by_minute,
+            "txLastAccess": rfc3339(self.tx_last_access),
+        }
+
+
+class RelayStats:
+    """Traffic per bucket, environment and host, node reports and drops."""
+
+    def __init__(self, bucket_names: list[str], started: float) -> None:
+        self.started = started
+        self.buckets = {name: Traffic("relay", name) for name in bucket_names}
+        self.envs: dict[str, Traffic] = {}
+        self.hostnames: dict[str, Traffic] = {}
+        self.node_info: dict[str, dict[str, Any]] = {}
+        self.dropped: Counter[tuple[str, str]] = Counter()
+
+    def _keys(self, bucket: str, env: str, host: str) -> list[Traffic]:
+        keyed = [self.buckets[bucket]]
+        if env:
+            keyed.append(self.envs.setdefault(env, Traffic("env", env)))
+        if host:
+            keyed.append(self.hostnames.setdefault(host, Traffic("hostname", host)))
+        return keyed
+
+    def received(
+        self, bucket: str, env: str, host: str, count: int, now: float
+    ) -> None:
+        """Count a batch stored in C{bucket}."""
+        for traffic in self._keys(bucket, env, host):
+            traffic.received(count, now)
+
+    def sent(self, bucket: str, env: str, host: str, count: int, now: float) -> None:
+        """Count records handed out from C{bucket}."""
+        for traffic in self._keys(bucket, env, host):
+            traffic.sent(count, now)
+
+    def drop(self, bucket: str, reason: str, count: int) -> None:
+        """Count C{count} events of C{bucket} lost or refused for C{reason}."""
+        if count:
+            self.dropped[(bucket, reason)] += count
+
+    def next_minute(self, now: float) -> None:
+        """Roll the per-minute counts; forget hosts silent for an hour."""
+        for traffic in [*self.buckets.values(), *self.envs.values()]:
+            traffic.next_minute()
+        for host, traffic in list(self.hostnames.items()):
+            if now - traffic.last_seen() > SILENT_HOST_SECONDS:
+                del self.hostnames[host]
+            else:
+                traffic.next_minute()
+        for host, info in list(self.node_info.items()):
+            if now - info["_received"] > SILENT_HOST_SECONDS:
+                del self.node_info[host]
+
+    def node_report(self, host: str, report: dict[str, Any], now: float) -> None:
+        """Keep the latest report of C{host}."""
+        self.node_info[host] = {**report, "_received": now}
+
+    def as_json(
+        self, now: float, sizes: dict[str, tuple[int, int | None]]
+    ) -> dict[str, Any]:
+        """
+        Render C{/statusz}.
+
+        @param sizes: per bucket, the bytes in use and the cap (or L{None}).
+        """
+        buckets = {}
+        for name, traffic in self.buckets.items():
+            used, cap = sizes.get(name, (0, None))
+            buckets[name] = {
+                **traffic.as_json(),
+                "databaseSizeKb": used // 1024,
+                "databaseMaxSizeKb": (cap or 0) // 1024,
+                "dropped": {
+                    reason: count
+                    for (bucket, reason), count in sorted(self.dropped.items())
+                    if bucket == name
+                },
+            }
+        node_info = {}
+        for host, info in self.node_info.items():
+            report = {key: value for key, value in info.items() if key != "_received"}
+            report["lastUpdated"] = rfc3339(info["_received"])
+            node_info[host] = report
+        return {
+            "uptime": go_duration(now - self.started),
+            "buckets": buckets,
+            "envs": {key: value.as_json() for key, value in self.envs.items()},
+            "hostnames": {
+                key: value.as_json() for key, value in self.hostnames.items()
+            },
+            "nodeInfo": node_info,
+            "dropped": {
+                f"{bucket}/{reason}": count
+                for (bucket, reason), count in sorted(self.dropped.items())
+            },
+        }

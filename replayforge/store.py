@@ -1,0 +1,133 @@
+"""
+SQLite files reached through L{twisted.enterprise.adbapi}, one writer each.
+
+Every database of ReplayForge (the proxy's sink buffers, the relay's buckets,
+the player's sink databases) is opened here: one connection per file, so
+writers never fight over the lock, in WAL mode with a busy timeout, and with
+incremental auto-vacuum so L{maintain} can give freed pages back to the disk.
+
+L{GroupCommit} gathers the writes that arrive while one transaction is in
+flight and commits them together: that is how many small HTTP requests share
+one fsync.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore
+from twisted.python.failure import Failure
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _prepare_connection(connection: sqlite3.Connection) -> None:
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    # auto_vacuum only takes effect on a database without tables yet.
+    connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = NORMAL")
+
+
+def open_pool(path: str | Path, reactor: IReactorCore) -> adbapi.ConnectionPool:
+    """
+    Open the single writer connection pool of the SQLite file at C{path}.
+
+    Its folder is created if needed.  Each C{runInteraction} on the pool is
+    one transaction, committed when the function returns.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return adbapi.ConnectionPool(
+        "sqlite3",
+        str(path),
+        check_same_thread=False,
+        cp_min=1,
+        cp_max=1,
+        cp_openfun=_prepare_connection,
+        cp_reactor=reactor,
+    )
+
+
+def used_bytes(cursor: sqlite3.Cursor) -> int:
+    """Return the bytes of the database's pages that hold data."""
+    page_size = cursor.execute("PRAGMA page_size").fetchone()[0]
+    pages = cursor.execute("PRAGMA page_count").fetchone()[0]
+    free = cursor.execute("PRAGMA freelist_count").fetchone()[0]
+    return int((pages - free) * page_size)
+
+
+def maintain(connection: sqlite3.Connection) -> int:
+    """
+    Give free pages back to the file system and fold the WAL into the file.
+
+    Meant for C{runWithConnection} from a periodic task.
+
+    @return: the bytes of the pages that still hold data.
+    """
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA incremental_vacuum").fetchall()
+    connection.commit()
+    cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    return used_bytes(cursor)
+
+
+class GroupCommit(Generic[T, R]):
+    """
+    Commit items in as few transactions as the disk allows.
+
+    Items submitted while a transaction runs wait for the next one, which
+    takes all of them at once.  Each submitter's L{Deferred} fires with the
+    result of the transaction that committed its items, or fails with its
+    error: nothing is acknowledged before it is on disk.
+    """
+
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        write: Callable[[sqlite3.Cursor, list[T]], R],
+    ) -> None:
+        self._pool = pool
+        self._write = write
+        self._items: list[T] = []
+        self._waiters: list[Deferred[R]] = []
+        self._busy = False
+
+    @property
+    def pending(self) -> int:
+        """How many items wait for the next transaction."""
+        return len(self._items)
+
+    def submit(self, items: list[T]) -> Deferred[R]:
+        """Queue C{items} for the next transaction; fire once it committed."""
+        waiter: Deferred[R] = Deferred()
+        self._items.extend(items)
+        self._waiters.append(waiter)
+        if not self._busy:
+            self._commit_next()
+        return waiter
+
+    def _commit_next(self) -> None:
+        items, self._items = self._items, []
+        waiters, self._waiters = self._waiters, []
+        self._busy = True
+
+        def finished(outcome: Any) -> None:
+            for waiter in waiters:
+                if isinstance(outcome, Failure):
+                    waiter.errback(outcome)
+                else:
+                    waiter.callback(outcome)
+            self._busy = False
+            if self._waiters:
+                self._commit_next()
+
+        done = self._pool.runInteraction(self._write, items)
+        done.addBoth(finished)
