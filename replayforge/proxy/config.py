@@ -1,0 +1,202 @@
+"""
+The proxy's configuration: sources that capture events, sinks that forward.
+
+Go-era keys load unchanged: C{sources[].params.listenPort},
+C{sinks[].authBearer}, C{sinks[].config.batchMaxEvents} and the rest.  Ours:
+C{params.listen} and C{listenStatusZ} (Twisted endpoint strings) and
+C{sinks[].dbMaxSizeKb}, the cap of the sink's buffer file.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import attrs
+
+from replayforge.config import Section, load_document
+from replayforge.web import endpoint_description
+
+DEFAULT_BATCH_MAX_EVENTS = 1000
+DEFAULT_BATCH_GOAL_BYTES = int(4.25 * 1024 * 1024)
+DEFAULT_MAX_PAYLOAD_BYTES = 5 * 1024 * 1024
+DEFAULT_BATCH_TIMEOUT_SECONDS = 5.0
+DEFAULT_BUFFER_MAX_SIZE_KB = 100 * 1024
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_HOOK_INTERVAL_SECONDS = 1.0
+SOURCE_TYPES = ("http",)
+
+
+@attrs.frozen
+class Batching:
+    """When a sink's forwarder sends, and how much at once."""
+
+    max_events: int
+    goal_bytes: int
+    max_payload_bytes: int
+    timeout_seconds: float
+
+
+@attrs.frozen
+class ProxySinkConfig:
+    """One relay destination and its buffer."""
+
+    id: str
+    url: str
+    auth_bearer: str = attrs.field(repr=False)
+    buckets: list[str]
+    database_path: Path
+    max_bytes: int
+    max_messages_per_minute: int
+    transform_script: str | None
+    batching: Batching
+
+
+@attrs.frozen
+class ProxySourceConfig:
+    """One source of events and where its events go."""
+
+    id: str
+    type: str
+    transform_script: str | None
+    target_sink: str | None
+    hook_interval: float
+    listen: str | None
+    max_body_bytes: int
+
+
+@attrs.frozen
+class ProxyConfig:
+    """Everything the proxy reads from its file."""
+
+    sources: list[ProxySourceConfig]
+    sinks: dict[str, ProxySinkConfig]
+    env_name: str
+    host_name: str
+    listen_status: str | None
+    verbosity_level: str
+
+
+def _parse_sink(section: Section) -> ProxySinkConfig:
+    sink_id = section.text("id")
+    kind = section.text("type", "http")
+    if kind != "http":
+        raise section.error("type", f"expected 'http', got {kind!r}")
+    url = section.text("url")
+    if not url.startswith(("http://", "https://")):
+        raise section.error("url", f"expected an http:// or https:// URL, got {url!r}")
+    buckets = section.text_list("buckets")
+    if not buckets:
+        raise section.error("buckets", "expected at least one bucket")
+    batching_section = section.section("config")
+    batching = Batching(
+        max_events=batching_section.integer(
+            "batchMaxEvents", DEFAULT_BATCH_MAX_EVENTS, minimum=1
+        ),
+        goal_bytes=batching_section.integer(
+            "batchGoalBytes", DEFAULT_BATCH_GOAL_BYTES, minimum=1
+        ),
+        max_payload_bytes=batching_section.integer(
+            "maxPayloadBytes", DEFAULT_MAX_PAYLOAD_BYTES, minimum=64
+        ),
+        timeout_seconds=batching_section.number(
+            "batchTimeoutSecs", DEFAULT_BATCH_TIMEOUT_SECONDS, minimum=0
+        ),
+    )
+    batching_section.finish()
+    config = ProxySinkConfig(
+        id=sink_id,
+        url=url if url.endswith("/") else url + "/",
+        auth_bearer=section.text("authBearer", ""),
+        buckets=buckets,
+        database_path=Path(section.text("databasePath", f"{sink_id}-sink.sqlite3")),
+        max_bytes=1024
+        * section.integer("dbMaxSizeKb", DEFAULT_BUFFER_MAX_SIZE_KB, minimum=1),
+        max_messages_per_minute=section.integer("maxMessagesPerMinute", 0, minimum=0),
+        transform_script=section.text("transformScript", "") or None,
+        batching=batching,
+    )
+    section.boolean("useTsnet", False)
+    section.finish()
+    return config
+
+
+def _parse_source(
+    section: Section, sinks: dict[str, ProxySinkConfig]
+) -> ProxySourceConfig:
+    kind = section.text("type")
+    if kind not in SOURCE_TYPES:
+        raise section.error(
+            "type", f"expected one of {', '.join(SOURCE_TYPES)}, got {kind!r}"
+        )
+    script = section.text("transformScript", "") or None
+    target = section.text("targetSink", "") or None
+    if script is None and target is None:
+        raise section.error("targetSink", "expected a sink id (or a transformScript)")
+    if target is not None and target not in sinks:
+        raise section.error(
+            "targetSink",
+            f"expected one of the sink ids {sorted(sinks)}, got {target!r}",
+        )
+    params = section.section("params")
+    listen = endpoint_description(
+        params.text("listen", ""), params.integer("listenPort", 0, minimum=0)
+    )
+    if kind == "http" and listen is None:
+        raise params.error("listenPort", "expected a port above 0 (or params.listen)")
+    config = ProxySourceConfig(
+        id=section.text("id"),
+        type=kind,
+        transform_script=script,
+        target_sink=target,
+        hook_interval=section.duration("hookInterval", DEFAULT_HOOK_INTERVAL_SECONDS),
+        listen=listen,
+        max_body_bytes=params.integer(
+            "maxBodyBytes", DEFAULT_MAX_BODY_BYTES, minimum=1
+        ),
+    )
+    params.finish()
+    section.finish()
+    return config
+
+
+def parse_proxy_config(document: Section) -> ProxyConfig:
+    """Build a L{ProxyConfig} from the file's top-level mapping."""
+    sinks: dict[str, ProxySinkConfig] = {}
+    for index, section in enumerate(document.sections("sinks")):
+        sink = _parse_sink(section)
+        if sink.id in sinks:
+            raise document.error(f"sinks[{index}].id", f"duplicate sink id {sink.id!r}")
+        sinks[sink.id] = sink
+    if not sinks:
+        raise document.error("sinks", "expected at least one sink")
+
+    sources: list[ProxySourceConfig] = []
+    for index, section in enumerate(document.sections("sources")):
+        source = _parse_source(section, sinks)
+        if any(other.id == source.id for other in sources):
+            raise document.error(
+                f"sources[{index}].id", f"duplicate source id {source.id!r}"
+            )
+        sources.append(source)
+
+    config = ProxyConfig(
+        sources=sources,
+        sinks=sinks,
+        env_name=document.text("envName", ""),
+        host_name=document.text("hostName", "") or socket.gethostname(),
+        listen_status=endpoint_description(
+            document.text("listenStatusZ", ""),
+            document.integer("portStatusZ", 0, minimum=0),
+        ),
+        verbosity_level=document.text("verbosityLevel", "info"),
+    )
+    for legacy in ("tsnetHostname", "enableStatusZ", "enablePprof"):
+        document.plain(legacy, None)
+    document.finish()
+    return config
+
+
+def load_proxy_config(path: str | Path) -> ProxyConfig:
+    """Read and check the proxy configuration file at C{path}."""
+    return parse_proxy_config(load_document(path))

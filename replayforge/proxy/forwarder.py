@@ -1,0 +1,299 @@
+"""
+Move a sink's buffered events to the relay, in order, deleting only what the
+relay has stored.
+
+One batch is in flight at a time.  A batch is sent once it is full
+(C{batchMaxEvents} events or C{batchGoalBytes} bytes) or once its oldest
+event has waited C{batchTimeoutSecs}.  It never exceeds C{maxPayloadBytes};
+an event larger than that alone is dropped and counted.  Failures back off
+exponentially with jitter and retry the same batch under the same
+C{RF-BATCH-ID}, so a relay that stored it before the answer was lost stores
+it only once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from replayforge.proxy.buffer import BufferedEvent, SinkBuffer
+from replayforge.proxy.config import ProxySinkConfig
+from replayforge.proxy.stats import SinkStats
+
+log = Logger()
+
+INITIAL_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 60.0
+REQUEST_TIMEOUT_SECONDS = 30.0
+
+
+class HTTPClient(Protocol):
+    """The part of treq's client the forwarder uses (treq or StubTreq)."""
+
+    def post(self, url: str, **kwargs: Any) -> Deferred[Any]: ...
+
+
+@attrs.frozen
+class OutgoingBatch:
+    """What one relay request carries: events, each already JSON-encoded."""
+
+    events: list[BufferedEvent]
+    encoded: list[bytes]
+    url: str
+    headers: dict[str, str]
+
+    def body(self) -> bytes:
+        """The request body: a JSON array of the events' strings."""
+        return b"[" + b",".join(self.encoded) + b"]"
+
+
+class SendFailed(Exception):
+    """The relay did not store a batch; it will be sent again."""
+
+
+def backoff_delay(attempt: int, rng: Callable[[], float]) -> float:
+    """
+    Return the wait before retry number C{attempt} (from 1).
+
+    The delay doubles with each attempt up to L{MAX_BACKOFF_SECONDS}; half of
+    it is random, so proxies that lost the relay together do not return in
+    step.
+    """
+    ceiling = min(MAX_BACKOFF_SECONDS, INITIAL_BACKOFF_SECONDS * 2 ** (attempt - 1))
+    return ceiling / 2 + rng() * ceiling / 2
+
+
+class Forwarder:
+    """The loop that empties one sink's buffer into the relay."""
+
+    def __init__(
+        self,
+        config: ProxySinkConfig,
+        buffer: SinkBuffer,
+        http: HTTPClient,
+        clock: IReactorTime,
+        stats: SinkStats,
+        env_name: str,
+        host_name: str,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self._buffer = buffer
+        self._http = http
+        self._clock = clock
+        self._stats = stats
+        self._env_name = env_name
+        self._host_name = host_name
+        self._rng = rng
+        self._running: Deferred[None] | None = None
+        self._sleeping: Deferred[Any] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        """Start forwarding; the loop runs until L{stop}."""
+        self._stopping = False
+        self._running = ensureDeferred(self._run())
+        self._running.addErrback(self._crashed)
+
+    def stop(self) -> Deferred[None]:
+        """Stop after the batch in flight, if any, is settled."""
+        self._stopping = True
+        if self._sleeping is not None:
+            self._sleeping.cancel()
+        running, self._running = self._running, None
+        return running if running is not None else succeed(None)
+
+    def _crashed(self, failure: Failure) -> None:
+        if failure.check(CancelledError) or self._stopping:
+            return
+        log.failure(
+            "sink {sink}: forwarder stopped by an unexpected error",
+            failure,
+            sink=self.config.id,
+        )
+
+    async def _sleep(self, waiting: Deferred[Any]) -> bool:
+        """Wait for C{waiting}; return C{False} when the loop is stopping."""
+        self._sleeping = waiting
+        try:
+            await waiting
+        except CancelledError:
+            pass
+        finally:
+            self._sleeping = None
+        return not self._stopping
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            batch = await self._next_batch()
+            if batch is None:
+                return
+            await self._deliver(batch)
+
+    async def _next_batch(self) -> OutgoingBatch | None:
+        """Wait until a batch is worth sending, then return it."""
+        batching = self.config.batching
+        while not self._stopping:
+            if self._buffer.pending_events == 0:
+                if not await self._sleep(self._buffer.when_pending(1, 1)):
+                    return None
+                continue
+            events = await self._buffer.oldest(batching.max_events)
+            if not events:
+                continue
+            encoded = [_encode(event.content) for event in events]
+            events, encoded = await self._drop_oversized(events, encoded)
+            if not events:
+                continue
+            read = len(events)
+            events, encoded = _fit_payload(events, encoded, batching.max_payload_bytes)
+            size = sum(len(item) for item in encoded)
+            age = self._clock.seconds() - events[0].created_at
+            if (
+                len(events) >= batching.max_events
+                or size >= batching.goal_bytes
+                or age >= batching.timeout_seconds
+                or len(events) < read
+            ):
+                return self._outgoing(events, encoded)
+            fuller = self._buffer.when_pending(batching.max_events, batching.goal_bytes)
+            if not await self._sleep(
+                _first_of(fuller, batching.timeout_seconds - age, self._clock)
+            ):
+                return None
+        return None
+
+    async def _drop_oversized(
+        self, events: list[BufferedEvent], encoded: list[bytes]
+    ) -> tuple[list[BufferedEvent], list[bytes]]:
+        limit = self.config.batching.max_payload_bytes - 2
+        oversized = [
+            event
+            for event, item in zip(events, encoded, strict=True)
+            if len(item) > limit
+        ]
+        if not oversized:
+            return events, encoded
+        await self._buffer.delete(oversized)
+        self._stats.drop("payload_too_large", len(oversized))
+        log.error(
+            "sink {sink}: dropped {count} events larger than maxPayloadBytes "
+            "({limit} bytes)",
+            sink=self.config.id,
+            count=len(oversized),
+            limit=limit + 2,
+        )
+        kept = [
+            (event, item)
+            for event, item in zip(events, encoded, strict=True)
+            if len(item) <= limit
+        ]
+        return [event for event, _ in kept], [item for _, item in kept]
+
+    def _outgoing(
+        self, events: list[BufferedEvent], encoded: list[bytes]
+    ) -> OutgoingBatch:
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {self.config.auth_bearer}",
+            "RF-BUCKETS": ",".join(self.config.buckets),
+            "RF-HOSTNAME": self._host_name,
+            "RF-BATCH-ID": (
+                f"{self._buffer.instance_id}:{events[0].id}-{events[-1].id}"
+            ),
+        }
+        if self._env_name:
+            headers["RF-ENV-NAME"] = self._env_name
+        return OutgoingBatch(
+            events=events,
+            encoded=encoded,
+            url=self.config.url + "record-batch",
+            headers=headers,
+        )
+
+    async def _deliver(self, batch: OutgoingBatch) -> None:
+        """Send C{batch} until the relay stores it, then delete it here."""
+        attempt = 0
+        while not self._stopping:
+            try:
+                await self._send(batch)
+            except SendFailed as failure:
+                attempt += 1
+                delay = backoff_delay(attempt, self._rng)
+                self._stats.retries += 1
+                log.warn(
+                    "sink {sink}: relay did not store batch of {count} events "
+                    "({reason}); retry {attempt} in {delay:.1f}s",
+                    sink=self.config.id,
+                    count=len(batch.events),
+                    reason=failure,
+                    attempt=attempt,
+                    delay=delay,
+                )
+                if not await self._sleep(deferLater(self._clock, delay, lambda: None)):
+                    return
+                continue
+            await self._buffer.delete(batch.events)
+            self._stats.forwarded(len(batch.events), self._clock.seconds())
+            return
+
+    async def _send(self, batch: OutgoingBatch) -> None:
+        body = batch.body()
+        try:
+            response = await self._http.post(
+                batch.url,
+                data=body,
+                headers={key: [value] for key, value in batch.headers.items()},
+                timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+            answer = await response.content()
+        except CancelledError:
+            raise
+        except Exception as error:
+            raise SendFailed(f"{type(error).__name__}: {error}") from None
+        self._stats.bytes_sent += len(body)
+        self._stats.bytes_received += len(answer)
+        if not 200 <= response.code < 300:
+            text = answer[:200].decode("utf-8", "replace").strip()
+            raise SendFailed(f"HTTP {response.code}: {text}")
+        self._stats.batches += 1
+
+
+def _encode(content: str) -> bytes:
+    return json.dumps(content, ensure_ascii=False).encode("utf-8")
+
+
+def _fit_payload(
+    events: list[BufferedEvent], encoded: list[bytes], limit: int
+) -> tuple[list[BufferedEvent], list[bytes]]:
+    """Keep the longest run of oldest events whose JSON array fits C{limit}."""
+    size = 2
+    for index, item in enumerate(encoded):
+        size += len(item) + (1 if index else 0)
+        if size > limit and index > 0:
+            return events[:index], encoded[:index]
+    return events, encoded
+
+
+def _first_of(
+    waiter: Deferred[None], seconds: float, clock: IReactorTime
+) -> Deferred[None]:
+    """Fire when C{waiter} does or after C{seconds}; cancel the loser."""
+    timer: IDelayedCall = clock.callLater(max(seconds, 0.0), waiter.cancel)
+
+    def settle(result: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if isinstance(result, Failure):
+            result.trap(CancelledError)
+
+    return waiter.addBoth(settle)

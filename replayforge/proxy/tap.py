@@ -1,0 +1,205 @@
+"""
+Build the proxy service for C{twistd replayforge-proxy -c FILE}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import treq
+from klein import Klein
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import DeferredList
+from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IRequest
+
+from replayforge.config import ConfigError
+from replayforge.lua import LuaScript, ScriptError
+from replayforge.periodic import PeriodicTask
+from replayforge.proxy.buffer import SinkBuffer
+from replayforge.proxy.config import ProxyConfig, load_proxy_config
+from replayforge.proxy.forwarder import Forwarder
+from replayforge.proxy.http_source import CaptureResource
+from replayforge.proxy.pipeline import SourcePipeline
+from replayforge.proxy.stats import SinkStats, SourceStats, uptime
+from replayforge.tapbase import DaemonOptions
+from replayforge.web import json_body, listening_service, make_site, text_body
+
+log = Logger()
+
+MAINTENANCE_INTERVAL_SECONDS = 60.0
+
+
+class Options(DaemonOptions):
+    """Options of C{twistd replayforge-proxy}."""
+
+    synopsis = "-c FILE"
+    longdesc = "Capture events, buffer them on disk and forward them to a relay."
+
+
+class ForwardersService(Service):
+    """Start every sink's buffer and forwarder; stop them cleanly."""
+
+    def __init__(
+        self,
+        buffers: dict[str, SinkBuffer],
+        forwarders: list[Forwarder],
+        pool: HTTPConnectionPool,
+    ) -> None:
+        self._buffers = buffers
+        self._forwarders = forwarders
+        self._pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        opened = [buffer.open() for buffer in self._buffers.values()]
+
+        def start_forwarders(_: Any) -> None:
+            for forwarder in self._forwarders:
+                forwarder.start()
+
+        DeferredList(opened, fireOnOneErrback=True).addCallback(start_forwarders)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        stopped = DeferredList([forwarder.stop() for forwarder in self._forwarders])
+
+        def close(_: Any) -> Any:
+            for buffer in self._buffers.values():
+                buffer.close()
+            return self._pool.closeCachedConnections()
+
+        return stopped.addCallback(close)
+
+
+class StatusAPI:
+    """The proxy's status listener: C{/statusz} and a liveness C{/}."""
+
+    app = Klein()
+
+    def __init__(self, proxy: ProxyService) -> None:
+        self._proxy = proxy
+
+    @app.route("/statusz", methods=["GET"])
+    def statusz(self, request: IRequest) -> bytes:
+        """Render per-source and per-sink counts as JSON."""
+        return json_body(request, 200, self._proxy.status())
+
+    @app.route("/", methods=["GET"])
+    def alive(self, request: IRequest) -> bytes:
+        """Answer C{ok} while the proxy runs."""
+        return text_body(request, 200, "ok")
+
+
+class ProxyService(MultiService):
+    """The proxy: sources, sink buffers, forwarders and listeners."""
+
+    def __init__(self, config: ProxyConfig, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        clock: IReactorTime = reactor
+        self._clock = clock
+        self.started = clock.seconds()
+
+        self.buffers = {
+            sink_id: SinkBuffer(sink.database_path, sink.max_bytes, reactor, clock)
+            for sink_id, sink in config.sinks.items()
+        }
+        self.sink_stats = {sink_id: SinkStats() for sink_id in config.sinks}
+        self.source_stats = {source.id: SourceStats() for source in config.sources}
+
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+        forwarders = [
+            Forwarder(
+                sink,
+                self.buffers[sink_id],
+                http,
+                clock,
+                self.sink_stats[sink_id],
+                config.env_name,
+                config.host_name,
+            )
+            for sink_id, sink in config.sinks.items()
+        ]
+        ForwardersService(self.buffers, forwarders, pool).setServiceParent(self)
+
+        for sink_id, buffer in self.buffers.items():
+            PeriodicTask(
+                f"maintain {sink_id}",
+                MAINTENANCE_INTERVAL_SECONDS,
+                buffer.maintain,
+                clock,
+            ).setServiceParent(self)
+
+        for source in config.sources:
+            script = None
+            if source.transform_script:
+                script = LuaScript(source.transform_script, source.id)
+                if not (script.defines("Process") or script.defines("TimerHandler")):
+                    raise ScriptError(
+                        f"{source.transform_script}: defines neither Process "
+                        "nor TimerHandler"
+                    )
+            pipeline = SourcePipeline(
+                source,
+                script,
+                self.buffers,
+                self.source_stats[source.id],
+                self.sink_stats,
+                clock,
+            )
+            if script is not None and script.defines("TimerHandler"):
+                PeriodicTask(
+                    f"timer {source.id}",
+                    source.hook_interval,
+                    pipeline.run_timer,
+                    clock,
+                ).setServiceParent(self)
+            if source.type == "http" and source.listen:
+                site = make_site(CaptureResource(pipeline), source.max_body_bytes)
+                listening_service(source.listen, site, reactor).setServiceParent(self)
+
+        if config.listen_status:
+            status = make_site(StatusAPI(self).app.resource())
+            listening_service(config.listen_status, status, reactor).setServiceParent(
+                self
+            )
+
+    def status(self) -> dict[str, Any]:
+        """Gather what C{/statusz} shows."""
+        return {
+            "uptime": uptime(self.started, self._clock.seconds()),
+            "envName": self.config.env_name,
+            "hostName": self.config.host_name,
+            "sources": {
+                source_id: stats.as_json()
+                for source_id, stats in self.source_stats.items()
+            },
+            "sinks": {
+                sink_id: stats.as_json(
+                    self.buffers[sink_id].pending_events,
+                    self.buffers[sink_id].used_bytes,
+                    self.buffers[sink_id].max_bytes,
+                )
+                for sink_id, stats in self.sink_stats.items()
+            },
+        }
+
+
+def make_proxy_service(config_path: str, reactor: IReactorCore) -> IService:
+    """Read the configuration at C{config_path} and build the proxy."""
+    return ProxyService(load_proxy_config(config_path), reactor)
+
+
+def makeService(options: usage.Options) -> IService:
+    """Build the proxy for twistd, from the real reactor."""
+    from twisted.internet import reactor
+
+    try:
+        return make_proxy_service(options["config"], reactor)
+    except (ConfigError, ScriptError) as error:
+        raise SystemExit(f"replayforge-proxy: {error}") from None
