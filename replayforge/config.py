@@ -11,6 +11,7 @@ config written for a newer or older release still starts.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -99,7 +100,7 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, int | float):
-        if value < 0:
+        if not 0 <= value < math.inf:
             raise ValueError(value)
         return float(value)
     if not isinstance(value, str):
@@ -110,7 +111,7 @@ def parse_duration(value: Any) -> float:
     except ValueError:
         pass
     else:
-        if seconds < 0:
+        if not 0 <= seconds < math.inf:
             raise ValueError(value)
         return seconds
     position = 0
@@ -266,6 +267,8 @@ class Section:
             if isinstance(value, bool):
                 raise TypeError(value)
             number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(value)
             if minimum is not None and number < minimum:
                 raise ValueError(value)
             return number

@@ -56,6 +56,35 @@ def open_pool(path: str | Path, reactor: IReactorCore) -> adbapi.ConnectionPool:
     )
 
 
+def prepare_now(path: str | Path, work: Callable[[sqlite3.Cursor], R]) -> R:
+    """
+    Run C{work} in one transaction on a short-lived connection to C{path}.
+
+    For start-up only, before the reactor runs: a database that cannot be
+    opened or migrated then stops the daemon with a clear error instead of
+    failing every later request.
+
+    @raise StoreUnavailable: when the file cannot be opened or prepared.
+    """
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
+    except (OSError, sqlite3.Error) as error:
+        raise StoreUnavailable(f"{path}: {error}") from None
+    try:
+        _prepare_connection(connection)
+        with connection:
+            return work(connection.cursor())
+    except sqlite3.Error as error:
+        raise StoreUnavailable(f"{path}: {error}") from None
+    finally:
+        connection.close()
+
+
+class StoreUnavailable(Exception):
+    """A database file that cannot be opened or prepared."""
+
+
 def used_bytes(cursor: sqlite3.Cursor) -> int:
     """Return the bytes of the database's pages that hold data."""
     page_size = cursor.execute("PRAGMA page_size").fetchone()[0]

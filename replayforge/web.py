@@ -90,11 +90,9 @@ class LimitedRequest(Request):
     The check runs on the announced C{Content-Length} before any byte of the
     body is read, and on the running total of a chunked body; the connection
     is closed after the answer, so the rest of the body is never buffered.
-    Form bodies are left unparsed: handlers see the raw bytes.
     """
 
     max_body_bytes = DEFAULT_MAX_BODY_BYTES
-    _parsePOSTFormSubmission = False
     _received = 0
     _refused = False
 
@@ -139,13 +137,19 @@ def make_site(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     access_log: bool = False,
 ) -> Site:
-    """Wrap C{resource} in a L{Site} whose requests carry a body limit."""
+    """
+    Wrap C{resource} in a L{Site} whose requests carry a body limit.
+
+    Form bodies are left unparsed: handlers see the raw bytes, and a
+    malformed multipart body is theirs to judge, not refused with a 400.
+    """
 
     class Limited(LimitedRequest):
         pass
 
     Limited.max_body_bytes = max_body_bytes
-    site = Site(resource, requestFactory=Limited)
+    # Request.__init__ copies this flag from the site over any class attribute.
+    site = Site(resource, requestFactory=Limited, parsePOSTFormSubmission=False)
     if not access_log:
         site.log = _no_access_log  # type: ignore[method-assign]
     return site

@@ -242,11 +242,15 @@ def _parse_ids(body: bytes) -> list[int]:
         if isinstance(raw, bool) or not isinstance(raw, int | str):
             raise BadRequest(400, f"invalid id {raw!r}: expected a whole number")
         try:
-            ids.append(int(raw))
+            number = int(raw)
         except ValueError:
             raise BadRequest(
                 400, f"invalid id {raw!r}: expected a whole number"
             ) from None
+        # SQLite cannot even compare an integer beyond 64 bits.
+        if not -(2**63) <= number < 2**63:
+            raise BadRequest(400, f"invalid id {raw!r}: out of range")
+        ids.append(number)
     return ids
 
 

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorTime
 from twisted.logger import Logger
 
 from replayforge.relay.config import BucketConfig
-from replayforge.store import maintain, open_pool, used_bytes
+from replayforge.store import maintain, open_pool, prepare_now, used_bytes
 
 log = Logger()
 
@@ -92,8 +92,16 @@ class BucketStore:
         """The bucket's name."""
         return self.config.name
 
+    def prepare(self) -> None:
+        """
+        Create the schema if needed and measure the file, at start-up.
+
+        @raise StoreUnavailable: when the file cannot be opened or prepared.
+        """
+        prepare_now(self.path, self._create_schema)
+
     def open(self) -> Deferred[None]:
-        """Create the schema if needed and measure the file."""
+        """Create the schema if needed and measure the file, through the pool."""
         return self._pool.runInteraction(self._create_schema)
 
     def close(self) -> None:
@@ -143,7 +151,8 @@ class BucketStore:
         )
 
         def committed(stored: bool) -> bool:
-            if stored:
+            # An empty batch must not end a reader's wait with nothing.
+            if stored and contents:
                 self._wake_waiters()
             return stored
 

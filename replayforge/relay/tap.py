@@ -17,6 +17,7 @@ from replayforge.relay.api import RelayAPI, StatusAPI
 from replayforge.relay.bucket import BucketStore
 from replayforge.relay.config import RelayConfig, load_relay_config
 from replayforge.relay.stats import RelayStats
+from replayforge.store import StoreUnavailable
 from replayforge.tapbase import DaemonOptions
 from replayforge.web import listening_service, make_site
 
@@ -44,6 +45,8 @@ class RelayService(MultiService):
             name: BucketStore(bucket, config.data_dir, reactor, clock)
             for name, bucket in config.buckets.items()
         }
+        for store in self.stores.values():
+            store.prepare()
         self.stats = RelayStats(list(self.stores), clock.seconds())
         self._clock = clock
 
@@ -64,8 +67,6 @@ class RelayService(MultiService):
             PeriodicTask(name, interval, work, clock).setServiceParent(self)
 
     def startService(self) -> None:
-        for store in self.stores.values():
-            store.open()
         for name, bucket in self.config.buckets.items():
             log.info(
                 "bucket {bucket}: cap {cap} KB, time to live {ttl}",
@@ -116,5 +117,5 @@ def makeService(options: usage.Options) -> IService:
 
     try:
         return make_relay_service(options["config"], reactor)
-    except ConfigError as error:
+    except (ConfigError, StoreUnavailable) as error:
         raise SystemExit(f"replayforge-relay: {error}") from None

@@ -1,0 +1,3 @@
+"""
+Tests of ReplayForge: unit tests per module, end-to-end tests of the daemons.
+"""
