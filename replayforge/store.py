@@ -102,7 +102,10 @@ def maintain(connection: sqlite3.Connection) -> int:
     @return: the bytes of the pages that still hold data.
     """
     cursor = connection.cursor()
-    cursor.execute("PRAGMA incremental_vacuum").fetchall()
+    # incremental_vacuum frees one page per step, and the sqlite3 module
+    # stops a statement without result columns after its first step:
+    # executescript steps it to the end (committing any open transaction).
+    connection.executescript("PRAGMA incremental_vacuum;")
     connection.commit()
     cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     return used_bytes(cursor)

@@ -19,7 +19,13 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 
-from replayforge.store import GroupCommit, maintain, open_pool, used_bytes
+from replayforge.store import (
+    GroupCommit,
+    maintain,
+    open_pool,
+    prepare_now,
+    used_bytes,
+)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sink_events ("
@@ -77,6 +83,14 @@ class SinkBuffer:
         )
         self._queued_bytes = 0
         self._thresholds: list[tuple[int, int, Deferred[None]]] = []
+
+    def prepare(self) -> None:
+        """
+        Create the schema if needed and read the backlog's size, at start-up.
+
+        @raise StoreUnavailable: when the file cannot be opened or prepared.
+        """
+        prepare_now(self.path, self._open)
 
     def open(self) -> Deferred[None]:
         """Create the schema if needed; read the backlog's size."""

@@ -85,7 +85,9 @@ def _parse_sink(section: Section) -> ProxySinkConfig:
     url = section.text("url")
     if not url.startswith(("http://", "https://")):
         raise section.error("url", f"expected an http:// or https:// URL, got {url!r}")
-    buckets = section.text_list("buckets")
+    # The relay ignores blank names in RF-BUCKETS; with none left it refuses
+    # every batch, as after an unset $BUCKET: that is a config error.
+    buckets = [name for name in section.text_list("buckets") if name]
     if not buckets:
         raise section.error("buckets", "expected at least one bucket")
     batching_section = section.section("config")

@@ -22,7 +22,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from replayforge.proxy.buffer import BufferedEvent, SinkBuffer
@@ -68,7 +68,10 @@ def backoff_delay(attempt: int, rng: Callable[[], float]) -> float:
     it is random, so proxies that lost the relay together do not return in
     step.
     """
-    ceiling = min(MAX_BACKOFF_SECONDS, INITIAL_BACKOFF_SECONDS * 2 ** (attempt - 1))
+    # Past the cap more doublings change nothing, but 2 ** 1024 would no
+    # longer fit in a float: a relay down for a night would crash the loop.
+    doublings = min(attempt - 1, 32)
+    ceiling = min(MAX_BACKOFF_SECONDS, INITIAL_BACKOFF_SECONDS * 2.0**doublings)
     return ceiling / 2 + rng() * ceiling / 2
 
 
@@ -124,6 +127,9 @@ class Forwarder:
     async def _sleep(self, waiting: Deferred[Any]) -> bool:
         """Wait for C{waiting}; return C{False} when the loop is stopping."""
         self._sleeping = waiting
+        if self._stopping:
+            # stop() came while no wait was there to cancel.
+            waiting.cancel()
         try:
             await waiting
         except CancelledError:
@@ -133,11 +139,30 @@ class Forwarder:
         return not self._stopping
 
     async def _run(self) -> None:
+        failures = 0
         while not self._stopping:
-            batch = await self._next_batch()
-            if batch is None:
-                return
-            await self._deliver(batch)
+            try:
+                batch = await self._next_batch()
+                if batch is None:
+                    return
+                await self._deliver(batch)
+            except Exception:
+                # A buffer that failed once (disk full, I/O error) must not
+                # end forwarding for good: wait, then read it again.
+                if self._stopping:
+                    return
+                failures += 1
+                delay = backoff_delay(failures, self._rng)
+                log.failure(
+                    "sink {sink}: forwarding failed; trying again in {delay:.1f}s",
+                    level=LogLevel.error,
+                    sink=self.config.id,
+                    delay=delay,
+                )
+                if not await self._sleep(deferLater(self._clock, delay, lambda: None)):
+                    return
+            else:
+                failures = 0
 
     async def _next_batch(self) -> OutgoingBatch | None:
         """Wait until a batch is worth sending, then return it."""
@@ -255,7 +280,10 @@ class Forwarder:
                 headers={key: [value] for key, value in batch.headers.items()},
                 timeout=REQUEST_TIMEOUT_SECONDS,
             )
-            answer = await response.content()
+            # treq's timeout covers only the wait for the response headers.
+            answer = await response.content().addTimeout(
+                REQUEST_TIMEOUT_SECONDS, self._clock
+            )
         except CancelledError:
             raise
         except Exception as error:

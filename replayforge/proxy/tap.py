@@ -25,6 +25,7 @@ from replayforge.proxy.forwarder import Forwarder
 from replayforge.proxy.http_source import CaptureResource
 from replayforge.proxy.pipeline import SourcePipeline
 from replayforge.proxy.stats import SinkStats, SourceStats, uptime
+from replayforge.store import StoreUnavailable
 from replayforge.tapbase import DaemonOptions
 from replayforge.web import json_body, listening_service, make_site, text_body
 
@@ -55,13 +56,8 @@ class ForwardersService(Service):
 
     def startService(self) -> None:
         super().startService()
-        opened = [buffer.open() for buffer in self._buffers.values()]
-
-        def start_forwarders(_: Any) -> None:
-            for forwarder in self._forwarders:
-                forwarder.start()
-
-        DeferredList(opened, fireOnOneErrback=True).addCallback(start_forwarders)
+        for forwarder in self._forwarders:
+            forwarder.start()
 
     def stopService(self) -> Any:
         super().stopService()
@@ -108,6 +104,8 @@ class ProxyService(MultiService):
             sink_id: SinkBuffer(sink.database_path, sink.max_bytes, reactor, clock)
             for sink_id, sink in config.sinks.items()
         }
+        for buffer in self.buffers.values():
+            buffer.prepare()
         self.sink_stats = {sink_id: SinkStats() for sink_id in config.sinks}
         self.source_stats = {source.id: SourceStats() for source in config.sources}
 
@@ -201,5 +199,5 @@ def makeService(options: usage.Options) -> IService:
 
     try:
         return make_proxy_service(options["config"], reactor)
-    except (ConfigError, ScriptError) as error:
+    except (ConfigError, ScriptError, StoreUnavailable) as error:
         raise SystemExit(f"replayforge-proxy: {error}") from None
