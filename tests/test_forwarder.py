@@ -950,3 +950,60 @@ class ForwarderWithSinkBufferTests(TestCase):
         first, second = self.relay.posts
         self.assertEqual(second.events(), ["a", "b"])
         self.assertEqual(second.header("RF-BATCH-ID"), first.header("RF-BATCH-ID"))
+
+
+class RefusedAsTooLargeTests(ForwarderTestCase):
+    """A relay answering 413 gets the batch in halves, never losing the rest."""
+
+    def test_batch_split_in_halves(self) -> None:
+        """After a 413 the batch is sent again as two halves, in order."""
+        self.relay.answers = [413]
+        self.start(sink_config(max_events=4))
+
+        self.buffer.add("a", "b", "c", "d")
+
+        self.assertEqual(
+            self.relay.sent(), [["a", "b", "c", "d"], ["a", "b"], ["c", "d"]]
+        )
+        self.assertEqual(self.buffer.contents(), [])
+        self.assertEqual(self.stats.dropped, {})
+
+    def test_lone_refused_event_dropped_and_counted(self) -> None:
+        """
+        An event the relay refuses on its own is dropped and counted as
+        C{payload_too_large}; its neighbour is still delivered.
+        """
+        self.relay.answers = [413, 413, 200]
+        self.start(sink_config(max_events=2))
+
+        self.buffer.add("huge", "small")
+
+        self.assertEqual(self.relay.sent(), [["huge", "small"], ["huge"], ["small"]])
+        self.assertEqual(self.buffer.contents(), [])
+        self.assertEqual(self.stats.dropped["payload_too_large"], 1)
+        self.assertEqual(self.stats.forwarded_events, 1)
+
+
+class RateLimitTests(ForwarderTestCase):
+    """C{maxMessagesPerMinute} bounds the events sent per minute."""
+
+    def test_events_beyond_the_rate_wait_in_the_buffer(self) -> None:
+        """
+        With a limit of 60 a minute, 60 events go at once and the next one
+        only once a second has refilled the allowance.
+        """
+        config = attrs.evolve(
+            sink_config(max_events=100, timeout_seconds=0.1),
+            max_messages_per_minute=60,
+        )
+        self.start(config)
+
+        self.buffer.add(*[f"e{number}" for number in range(61)])
+        self.assertEqual([len(batch) for batch in self.relay.sent()], [60])
+
+        self.clock.advance(0.5)
+        self.assertEqual(self.buffer.contents(), ["e60"])
+
+        self.clock.advance(0.5)
+        self.assertEqual(self.relay.sent()[-1], ["e60"])
+        self.assertEqual(self.buffer.contents(), [])

@@ -57,7 +57,53 @@ class OutgoingBatch:
 
 
 class SendFailed(Exception):
-    """The relay did not store a batch; it will be sent again."""
+    """
+    The relay did not store a batch; it will be sent again.
+
+    @ivar code: the relay's HTTP status, or L{None} when none came.
+    """
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class EventRate:
+    """
+    At most C{per_minute} events a minute, as a token bucket.
+
+    A sink with C{maxMessagesPerMinute} keeps its backlog in its buffer
+    rather than send faster; the buffer's cap then pushes back on sources.
+    """
+
+    def __init__(self, per_minute: int, clock: IReactorTime) -> None:
+        self._per_second = per_minute / 60.0
+        self._capacity = float(per_minute)
+        self._tokens = float(per_minute)
+        self._clock = clock
+        self._updated = clock.seconds()
+
+    def _refill(self) -> None:
+        now = self._clock.seconds()
+        self._tokens = min(
+            self._capacity, self._tokens + (now - self._updated) * self._per_second
+        )
+        self._updated = now
+
+    def allowance(self) -> int:
+        """How many events may be sent now."""
+        self._refill()
+        return int(self._tokens)
+
+    def seconds_until_one(self) -> float:
+        """How long until one more event may be sent."""
+        self._refill()
+        return max(0.0, (1.0 - self._tokens) / self._per_second)
+
+    def spend(self, count: int) -> None:
+        """Count C{count} events sent."""
+        self._refill()
+        self._tokens -= count
 
 
 def backoff_delay(attempt: int, rng: Callable[[], float]) -> float:
@@ -97,6 +143,11 @@ class Forwarder:
         self._env_name = env_name
         self._host_name = host_name
         self._rng = rng
+        self._rate = (
+            EventRate(config.max_messages_per_minute, clock)
+            if config.max_messages_per_minute
+            else None
+        )
         self._running: Deferred[None] | None = None
         self._sleeping: Deferred[Any] | None = None
         self._stopping = False
@@ -159,7 +210,7 @@ class Forwarder:
                     sink=self.config.id,
                     delay=delay,
                 )
-                if not await self._sleep(deferLater(self._clock, delay, lambda: None)):
+                if not await self._sleep(deferLater(self._clock, delay, _pass)):
                     return
             else:
                 failures = 0
@@ -181,6 +232,16 @@ class Forwarder:
                 continue
             read = len(events)
             events, encoded = _fit_payload(events, encoded, batching.max_payload_bytes)
+            if self._rate is not None:
+                allowed = self._rate.allowance()
+                if allowed < 1:
+                    wait = deferLater(
+                        self._clock, self._rate.seconds_until_one(), _pass
+                    )
+                    if not await self._sleep(wait):
+                        return None
+                    continue
+                events, encoded = events[:allowed], encoded[:allowed]
             size = sum(len(item) for item in encoded)
             age = self._clock.seconds() - events[0].created_at
             if (
@@ -252,6 +313,9 @@ class Forwarder:
             try:
                 await self._send(batch)
             except SendFailed as failure:
+                if failure.code == 413:
+                    await self._split_refused(batch)
+                    return
                 attempt += 1
                 delay = backoff_delay(attempt, self._rng)
                 self._stats.retries += 1
@@ -264,12 +328,34 @@ class Forwarder:
                     attempt=attempt,
                     delay=delay,
                 )
-                if not await self._sleep(deferLater(self._clock, delay, lambda: None)):
+                if not await self._sleep(deferLater(self._clock, delay, _pass)):
                     return
                 continue
             await self._buffer.delete(batch.events)
             self._stats.forwarded(len(batch.events), self._clock.seconds())
+            if self._rate is not None:
+                self._rate.spend(len(batch.events))
             return
+
+    async def _split_refused(self, batch: OutgoingBatch) -> None:
+        """
+        The relay found C{batch} too large (413): send it in halves, and drop
+        an event the relay refuses on its own.
+        """
+        count = len(batch.events)
+        if count == 1:
+            await self._buffer.delete(batch.events)
+            self._stats.drop("payload_too_large")
+            log.error(
+                "sink {sink}: relay refused an event of {size} bytes as too "
+                "large; dropped",
+                sink=self.config.id,
+                size=len(batch.encoded[0]),
+            )
+            return
+        middle = count // 2
+        for part in (slice(None, middle), slice(middle, None)):
+            await self._deliver(self._outgoing(batch.events[part], batch.encoded[part]))
 
     async def _send(self, batch: OutgoingBatch) -> None:
         body = batch.body()
@@ -292,8 +378,12 @@ class Forwarder:
         self._stats.bytes_received += len(answer)
         if not 200 <= response.code < 300:
             text = answer[:200].decode("utf-8", "replace").strip()
-            raise SendFailed(f"HTTP {response.code}: {text}")
+            raise SendFailed(f"HTTP {response.code}: {text}", response.code)
         self._stats.batches += 1
+
+
+def _pass() -> None:
+    """Nothing: what a plain timed wait calls."""
 
 
 def _encode(content: str) -> bytes:
