@@ -140,6 +140,9 @@ class LuaScript:
     One user script in its own Lua runtime.
 
     @ivar tag: the source or sink id the script serves, used in its logs.
+
+    Proxy scripts of the Go era call C{error(message)} to log; player scripts
+    call it to fail.  C{error_logs} chooses: when false, C{error} is Lua's own.
     """
 
     def __init__(
@@ -148,9 +151,11 @@ class LuaScript:
         tag: str,
         instruction_budget: int = DEFAULT_INSTRUCTION_BUDGET,
         max_memory: int = DEFAULT_MAX_MEMORY,
+        error_logs: bool = True,
     ) -> None:
         self.path = str(path)
         self.tag = tag
+        self._error_logs = error_logs
         self._budget = instruction_budget
         try:
             code = Path(path).read_text(encoding="utf-8")
@@ -219,16 +224,18 @@ class LuaScript:
 
             return write
 
-        return {
+        helpers = {
             "json_encode": self._json_encode,
             "json_decode": self._json_decode,
             "trace": logger("debug"),
             "debug": logger("debug"),
             "info": logger("info"),
             "warn": logger("warn"),
-            "error": logger("error"),
             "print": logger("debug"),
         }
+        if self._error_logs:
+            helpers["error"] = logger("error")
+        return helpers
 
     def _json_encode(self, value: Any) -> str:
         return json.dumps(

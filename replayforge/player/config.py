@@ -1,0 +1,271 @@
+"""
+The player's configuration: the relay, the buckets it pulls, the sinks it feeds.
+
+The Go-era keys (C{relayUrl}, C{sources[].relayAuthenticationBearer},
+C{sinks[].params}, C{exposedPort}, ...) load unchanged.  Ours: C{listen} and
+C{listenStatusZ} (Twisted endpoint strings that win over the port keys),
+C{pollLimit} and C{pollWaitSecs} (how many records one C{first-batch} asks
+for, and how long a relay of ours may hold that request open for new data;
+a Go relay ignores the wait).
+
+Relative paths (C{transformScript}, a sink's database) are taken from the
+working directory, as the Go player and our proxy do.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+
+from replayforge.config import Section, load_document
+from replayforge.player.sinks.settings import READERS, SinkSettings
+
+log = Logger()
+
+DEFAULT_HOOK_INTERVAL_SECONDS = 1.0
+DEFAULT_POLL_LIMIT = 100
+DEFAULT_POLL_WAIT_SECONDS = 10.0
+MAX_POLL_WAIT_SECONDS = 30.0
+
+
+@attrs.frozen
+class PlayerSourceConfig:
+    """
+    One relay bucket the player pulls.
+
+    @ivar key_path: where the source sits in the file (C{sources[1]}), for
+        errors found once its script is loaded.
+    @ivar sinks: the sink names every event goes to when there is no script.
+    """
+
+    name: str
+    bearer: str = attrs.field(repr=False)
+    transform_script: Path | None
+    sinks: tuple[str, ...]
+    hook_interval: float
+    key_path: str
+
+
+@attrs.frozen
+class PlayerSinkConfig:
+    """
+    One sink: its C{name} (what scripts emit to), its C{id} (where its API
+    is served), its type and that type's settings.
+    """
+
+    name: str
+    id: str
+    type: str
+    settings: SinkSettings
+    metadata: dict[str, Any]
+    key_path: str
+
+
+@attrs.frozen
+class PlayerConfig:
+    """Everything the player reads from its file."""
+
+    source_file: str
+    relay_url: str
+    relay_url_statusz: str
+    env_name: str
+    host_name: str
+    sources: tuple[PlayerSourceConfig, ...]
+    sinks: tuple[PlayerSinkConfig, ...]
+    listen: str | None
+    listen_status: str | None
+    static_folder: Path | None
+    http_username: str
+    http_password: str = attrs.field(repr=False)
+    poll_limit: int
+    poll_wait_seconds: float
+    tsnet_hostname: str
+    listen_using_tailscale: bool
+
+    def sink_named(self, name: str) -> PlayerSinkConfig | None:
+        """Return the sink called C{name}, if there is one."""
+        for sink in self.sinks:
+            if sink.name == name:
+                return sink
+        return None
+
+
+def parse_player_config(document: Section) -> PlayerConfig:
+    """Build a L{PlayerConfig} from the file's top-level mapping."""
+    relay_url = document.text("relayUrl")
+    if not relay_url.startswith(("http://", "https://")):
+        raise document.error(
+            "relayUrl", f"expected an http:// or https:// URL, got {relay_url!r}"
+        )
+    if not relay_url.endswith("/"):
+        relay_url += "/"
+
+    sinks = tuple(_read_sinks(document))
+    sources = tuple(_read_sources(document, {sink.name for sink in sinks}))
+
+    username = document.text("httpUsername", "")
+    password = document.text("httpPassword", "")
+    if bool(username) != bool(password):
+        missing = "httpPassword" if username else "httpUsername"
+        raise document.error(
+            missing, "expected both httpUsername and httpPassword, or neither"
+        )
+
+    static_folder = document.text("staticFolderPath", "")
+    tsnet = document.section("tsnet")
+    config = PlayerConfig(
+        source_file=document.source,
+        relay_url=relay_url,
+        relay_url_statusz=document.text("relayUrlStatusz", ""),
+        env_name=document.text("envName", ""),
+        host_name=document.text("hostName", "") or socket.gethostname(),
+        sources=sources,
+        sinks=sinks,
+        listen=_exposed_listener(document),
+        listen_status=_status_listener(document),
+        static_folder=Path(static_folder) if static_folder else None,
+        http_username=username,
+        http_password=password,
+        poll_limit=document.integer("pollLimit", DEFAULT_POLL_LIMIT, minimum=1),
+        poll_wait_seconds=_poll_wait(document),
+        tsnet_hostname=tsnet.text("hostname", ""),
+        listen_using_tailscale=document.boolean("listenUsingTailscale", False),
+    )
+    tsnet.finish()
+    document.boolean("useTsnetStatusZ", False)
+    document.finish()
+    return config
+
+
+def load_player_config(path: str | Path) -> PlayerConfig:
+    """Read and check the player configuration file at C{path}."""
+    return parse_player_config(load_document(path))
+
+
+def _read_sinks(document: Section) -> list[PlayerSinkConfig]:
+    sinks: list[PlayerSinkConfig] = []
+    names: dict[str, str] = {}
+    ids: dict[str, str] = {}
+    for sink in document.sections("sinks", []):
+        name = sink.text("name")
+        if not name:
+            raise sink.error("name", "expected a non-empty sink name")
+        if name in names:
+            raise sink.error("name", f"sink name {name!r} is used by {names[name]}")
+        names[name] = sink.path
+
+        sink_id = sink.text("id", "") or name
+        if "/" in sink_id:
+            raise sink.error("id", f"expected an id without '/', got {sink_id!r}")
+        if sink_id in ids:
+            raise sink.error("id", f"sink id {sink_id!r} is used by {ids[sink_id]}")
+        ids[sink_id] = sink.path
+
+        kind = sink.text("type")
+        reader = READERS.get(kind)
+        if reader is None:
+            raise sink.error(
+                "type",
+                f"unsupported sink type {kind!r}: expected one of "
+                + ", ".join(sorted(READERS)),
+            )
+        params = sink.section("params")
+        settings = reader(params)
+        params.finish()
+
+        metadata = sink.section("metadata")
+        sinks.append(
+            PlayerSinkConfig(
+                name=name,
+                id=sink_id,
+                type=kind,
+                settings=settings,
+                metadata=dict(metadata.raw),
+                key_path=sink.path,
+            )
+        )
+        sink.finish()
+    return sinks
+
+
+def _read_sources(document: Section, sink_names: set[str]) -> list[PlayerSourceConfig]:
+    sources: list[PlayerSourceConfig] = []
+    buckets: dict[str, str] = {}
+    for source in document.sections("sources", []):
+        name = source.text("name")
+        if not name:
+            raise source.error("name", "expected the name of a relay bucket")
+        if name in buckets:
+            raise source.error(
+                "name", f"bucket {name!r} is already pulled by {buckets[name]}"
+            )
+        buckets[name] = source.path
+
+        bearer = source.text("relayAuthenticationBearer")
+        script = source.text("transformScript", "")
+        targets = tuple(source.text_list("sinks", []))
+        if script and targets:
+            log.warn(
+                "{source}: {key_path}: transformScript is set, so sinks is ignored",
+                source=source.source,
+                key_path=source.key_path("sinks"),
+            )
+            targets = ()
+        if not script and not targets:
+            raise source.error(
+                "transformScript", "expected a transformScript or a list of sinks"
+            )
+        for target in targets:
+            if target not in sink_names:
+                raise source.error("sinks", f"no sink is named {target!r}")
+
+        sources.append(
+            PlayerSourceConfig(
+                name=name,
+                bearer=bearer,
+                transform_script=Path(script) if script else None,
+                sinks=targets,
+                hook_interval=source.duration(
+                    "hookInterval", DEFAULT_HOOK_INTERVAL_SECONDS
+                ),
+                key_path=source.path,
+            )
+        )
+        source.finish()
+    return sources
+
+
+def _exposed_listener(document: Section) -> str | None:
+    listen = document.text("listen", "")
+    port = document.integer("exposedPort", 0, minimum=0)
+    address = document.text("listenAddress", "")
+    if listen:
+        return listen
+    if not port:
+        return None
+    if address:
+        escaped = address.replace("\\", "\\\\").replace(":", "\\:")
+        return f"tcp:{port}:interface={escaped}"
+    return f"tcp:{port}"
+
+
+def _status_listener(document: Section) -> str | None:
+    listen = document.text("listenStatusZ", "")
+    if listen:
+        return listen
+    port = document.integer("portStatusZ", 0, minimum=0)
+    return f"tcp:{port}" if port else None
+
+
+def _poll_wait(document: Section) -> float:
+    wait = document.number("pollWaitSecs", DEFAULT_POLL_WAIT_SECONDS, minimum=0)
+    if wait > MAX_POLL_WAIT_SECONDS:
+        raise document.error(
+            "pollWaitSecs",
+            f"expected at most {MAX_POLL_WAIT_SECONDS:g} seconds, got {wait:g}",
+        )
+    return wait

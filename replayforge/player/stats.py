@@ -1,0 +1,86 @@
+"""
+What the player has done, per source and per sink, for C{/statusz}.
+
+Every event lost by policy is counted with its reason, so the operator can
+tell a script error from a sink that gave up.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import attrs
+
+
+@attrs.define
+class SourceStats:
+    """
+    Counts of one pulled bucket.
+
+    @ivar received: records fetched from the relay, redeliveries excluded.
+    @ivar emitted: events the script (or the fan-out) handed to sinks.
+    @ivar acknowledged: records the relay confirmed deleting.
+    @ivar redelivered: records fetched again before their acknowledgement
+        was confirmed; they are acknowledged, not processed again.
+    @ivar pull_errors: failed relay requests and sink deliveries, each
+        followed by a backoff.
+    """
+
+    received: int = 0
+    emitted: int = 0
+    acknowledged: int = 0
+    redelivered: int = 0
+    pull_errors: int = 0
+    last_pull: float | None = None
+    dropped: Counter[str] = attrs.field(factory=Counter)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Count C{count} events lost for C{reason}."""
+        if count:
+            self.dropped[reason] += count
+
+    def as_json(self) -> dict[str, Any]:
+        """Render for C{/statusz}."""
+        return {
+            "received": self.received,
+            "emitted": self.emitted,
+            "acknowledged": self.acknowledged,
+            "redelivered": self.redelivered,
+            "pullErrors": self.pull_errors,
+            "lastPull": self.last_pull,
+            "dropped": dict(sorted(self.dropped.items())),
+        }
+
+
+@attrs.define
+class SinkStats:
+    """
+    Counts of one sink.
+
+    @ivar received: events handed to the sink.
+    @ivar delivered: events the sink applied (replayed, stored, deleted).
+    @ivar failures: deliveries that failed as a whole and were retried.
+    @ivar expired: stored rows removed by the sink's time to live.
+    """
+
+    received: int = 0
+    delivered: int = 0
+    failures: int = 0
+    expired: int = 0
+    dropped: Counter[str] = attrs.field(factory=Counter)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Count C{count} events lost for C{reason}."""
+        if count:
+            self.dropped[reason] += count
+
+    def as_json(self) -> dict[str, Any]:
+        """Render for C{/statusz}."""
+        return {
+            "received": self.received,
+            "delivered": self.delivered,
+            "failures": self.failures,
+            "expired": self.expired,
+            "dropped": dict(sorted(self.dropped.items())),
+        }
