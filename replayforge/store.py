@@ -85,6 +85,21 @@ class StoreUnavailable(Exception):
     """A database file that cannot be opened or prepared."""
 
 
+def delete_by_ids(cursor: sqlite3.Cursor, table: str, ids: list[int]) -> int:
+    """
+    Delete the rows of C{table} whose C{id} is in C{ids}; return how many.
+
+    C{table} is one of our own table names, never user input.
+    """
+    deleted = 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        cursor.execute(f"DELETE FROM {table} WHERE id IN ({marks})", chunk)
+        deleted += cursor.rowcount
+    return deleted
+
+
 def used_bytes(cursor: sqlite3.Cursor) -> int:
     """Return the bytes of the database's pages that hold data."""
     page_size = cursor.execute("PRAGMA page_size").fetchone()[0]

@@ -22,14 +22,14 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from replayforge.backoff import DEFAULT_INITIAL_SECONDS as INITIAL_BACKOFF_SECONDS
+from replayforge.backoff import DEFAULT_MAXIMUM_SECONDS as MAX_BACKOFF_SECONDS
+from replayforge.backoff import Backoff
 from replayforge.proxy.buffer import BufferedEvent, SinkBuffer
 from replayforge.proxy.config import Batching, ProxySinkConfig
 from replayforge.proxy.forwarder import (
-    INITIAL_BACKOFF_SECONDS,
-    MAX_BACKOFF_SECONDS,
     REQUEST_TIMEOUT_SECONDS,
     Forwarder,
-    backoff_delay,
 )
 from replayforge.proxy.stats import SinkStats
 
@@ -58,6 +58,11 @@ def sink_config(
             timeout_seconds=timeout_seconds,
         ),
     )
+
+
+def backoff_delay(attempt: int, rng: Callable[[], float]) -> float:
+    """The forwarder's wait before retry number C{attempt}, with C{rng}."""
+    return Backoff(rng=rng).delay(attempt)
 
 
 def always(value: float) -> Callable[[], float]:

@@ -213,6 +213,9 @@ class PlayerServiceTests(SynchronousTestCase):
 
     def test_script_without_process_exits(self) -> None:
         """A script that defines no C{Process} stops twistd too."""
+        script = Path(tempfile.mkdtemp(prefix="replayforge-test-")) / "noop.lua"
+        self.addCleanup(shutil.rmtree, script.parent, ignore_errors=True)
+        script.write_text("x = 1\n")
         path = self.write_config(
             {
                 "relayUrl": "http://127.0.0.1:1/",
@@ -220,12 +223,11 @@ class PlayerServiceTests(SynchronousTestCase):
                     {
                         "name": "b",
                         "relayAuthenticationBearer": "t",
-                        "transformScript": "noop.lua",
+                        "transformScript": str(script),
                     }
                 ],
             }
         )
-        (path.parent / "noop.lua").write_text("x = 1\n")
         options = Options()
         options.parseOptions(["-c", str(path)])
         with self.assertRaises(SystemExit) as caught:

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from replayforge.player.backoff import Backoff
+from replayforge.backoff import Backoff
 from replayforge.player.config import PlayerSinkConfig
 from replayforge.player.sinks.callobject import parse_call_object
 from replayforge.player.sinks.http import HttpSink, replay_url, should_retry

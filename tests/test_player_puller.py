@@ -15,8 +15,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from replayforge.backoff import Backoff
 from replayforge.lua import Emitted, ScriptFailure
-from replayforge.player.backoff import Backoff
 from replayforge.player.config import (
     PlayerConfig,
     PlayerSinkConfig,

@@ -24,8 +24,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from replayforge.backoff import Backoff
 from replayforge.lua import ScriptFailure
-from replayforge.player.backoff import Backoff
 from replayforge.player.config import PlayerConfig, PlayerSourceConfig
 from replayforge.player.processing import EventProcessor
 from replayforge.player.relay_client import (

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorCore, IReactorTime
 
 from replayforge.store import (
     GroupCommit,
+    delete_by_ids,
     maintain,
     open_pool,
     prepare_now,
@@ -218,12 +219,7 @@ class SinkBuffer:
         return done.addCallback(deleted)
 
     def _delete(self, cursor: sqlite3.Cursor, ids: list[int]) -> int:
-        deleted = 0
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            cursor.execute(f"DELETE FROM sink_events WHERE id IN ({marks})", chunk)
-            deleted += cursor.rowcount
+        deleted = delete_by_ids(cursor, "sink_events", ids)
         self._used_bytes = used_bytes(cursor)
         return deleted
 

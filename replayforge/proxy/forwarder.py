@@ -25,14 +25,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from replayforge.backoff import Backoff
 from replayforge.proxy.buffer import BufferedEvent, SinkBuffer
 from replayforge.proxy.config import ProxySinkConfig
 from replayforge.proxy.stats import SinkStats
 
 log = Logger()
 
-INITIAL_BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 60.0
 REQUEST_TIMEOUT_SECONDS = 30.0
 
 
@@ -106,21 +105,6 @@ class EventRate:
         self._tokens -= count
 
 
-def backoff_delay(attempt: int, rng: Callable[[], float]) -> float:
-    """
-    Return the wait before retry number C{attempt} (from 1).
-
-    The delay doubles with each attempt up to L{MAX_BACKOFF_SECONDS}; half of
-    it is random, so proxies that lost the relay together do not return in
-    step.
-    """
-    # Past the cap more doublings change nothing, but 2 ** 1024 would no
-    # longer fit in a float: a relay down for a night would crash the loop.
-    doublings = min(attempt - 1, 32)
-    ceiling = min(MAX_BACKOFF_SECONDS, INITIAL_BACKOFF_SECONDS * 2.0**doublings)
-    return ceiling / 2 + rng() * ceiling / 2
-
-
 class Forwarder:
     """The loop that empties one sink's buffer into the relay."""
 
@@ -142,7 +126,7 @@ class Forwarder:
         self._stats = stats
         self._env_name = env_name
         self._host_name = host_name
-        self._rng = rng
+        self._backoff = Backoff(rng=rng)
         self._rate = (
             EventRate(config.max_messages_per_minute, clock)
             if config.max_messages_per_minute
@@ -203,7 +187,7 @@ class Forwarder:
                 if self._stopping:
                     return
                 failures += 1
-                delay = backoff_delay(failures, self._rng)
+                delay = self._backoff.delay(failures)
                 log.failure(
                     "sink {sink}: forwarding failed; trying again in {delay:.1f}s",
                     level=LogLevel.error,
@@ -317,7 +301,7 @@ class Forwarder:
                     await self._split_refused(batch)
                     return
                 attempt += 1
-                delay = backoff_delay(attempt, self._rng)
+                delay = self._backoff.delay(attempt)
                 self._stats.retries += 1
                 log.warn(
                     "sink {sink}: relay did not store batch of {count} events "

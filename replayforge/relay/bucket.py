@@ -22,7 +22,13 @@ from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorTime
 from twisted.logger import Logger
 
 from replayforge.relay.config import BucketConfig
-from replayforge.store import maintain, open_pool, prepare_now, used_bytes
+from replayforge.store import (
+    delete_by_ids,
+    maintain,
+    open_pool,
+    prepare_now,
+    used_bytes,
+)
 
 log = Logger()
 
@@ -237,12 +243,7 @@ class BucketStore:
         return self._pool.runInteraction(self._delete, list(ids))
 
     def _delete(self, cursor: sqlite3.Cursor, ids: list[int]) -> int:
-        deleted = 0
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            cursor.execute(f"DELETE FROM wrap_calls WHERE id IN ({marks})", chunk)
-            deleted += cursor.rowcount
+        deleted = delete_by_ids(cursor, "wrap_calls", ids)
         self.used_bytes = used_bytes(cursor)
         return deleted
 

@@ -37,7 +37,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
-from replayforge.player.backoff import Backoff
+from replayforge.backoff import Backoff
 from replayforge.player.config import PlayerSinkConfig
 from replayforge.player.sinks.base import Sink
 from replayforge.player.sinks.callobject import (

@@ -1,5 +1,5 @@
 """
-How long the player waits before trying again after a failure.
+How long a daemon waits before trying again after a failure.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class Backoff:
 
     The ceiling doubles with each failed attempt, from C{initial} up to
     C{maximum}; the wait is drawn between half the ceiling and the ceiling,
-    so players that lost the relay together do not come back in step.
+    so proxies or players that lost the relay together do not come back in step.
 
     @ivar rng: returns a float in [0, 1); tests pass a constant.
     """
