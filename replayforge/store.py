@@ -43,8 +43,13 @@ def open_pool(path: str | Path, reactor: IReactorCore) -> adbapi.ConnectionPool:
 
     Its folder is created if needed.  Each C{runInteraction} on the pool is
     one transaction, committed when the function returns.
+
+    @raise StoreUnavailable: when the folder cannot be created.
     """
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreUnavailable(f"{path}: {error}") from None
     return adbapi.ConnectionPool(
         "sqlite3",
         str(path),

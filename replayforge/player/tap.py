@@ -28,6 +28,7 @@ from replayforge.player.relay_client import REQUEST_TIMEOUT_SECONDS
 from replayforge.player.relay_client import HTTPClient as RelayClient
 from replayforge.player.sinks.base import Sink
 from replayforge.player.sinks.factory import make_sink
+from replayforge.store import StoreUnavailable
 from replayforge.tapbase import DaemonOptions
 from replayforge.web import listening_service, make_site
 
@@ -162,5 +163,5 @@ def makeService(options: usage.Options) -> IService:
 
     try:
         return make_player_service(options["config"], reactor)
-    except (ConfigError, ScriptError) as error:
+    except (ConfigError, ScriptError, StoreUnavailable) as error:
         raise SystemExit(f"replayforge-player: {error}") from None
