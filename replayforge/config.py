@@ -218,19 +218,19 @@ class Section:
     def _convert(
         self,
         key: str,
-        default: Any,
+        default: T,
         convert: Callable[[Any], T],
         expected: str,
     ) -> T:
         value = self._get(key, _MISSING if default is _MISSING else None)
         if value is None:
-            return default  # type: ignore[no-any-return]
+            return default
         try:
             return convert(value)
         except (TypeError, ValueError):
             raise self.error(key, f"expected {expected}, got {value!r}") from None
 
-    def text(self, key: str, default: Any = _MISSING) -> str:
+    def text(self, key: str, default: str = _MISSING) -> str:
         """Read a string; numbers are accepted and turned into text."""
 
         def convert(value: Any) -> str:
@@ -241,7 +241,7 @@ class Section:
         return self._convert(key, default, convert, "a string")
 
     def integer(
-        self, key: str, default: Any = _MISSING, minimum: int | None = None
+        self, key: str, default: int = _MISSING, minimum: int | None = None
     ) -> int:
         """Read a whole number (a numeric string too), at least C{minimum}."""
 
@@ -259,7 +259,7 @@ class Section:
         return self._convert(key, default, convert, f"a whole number{bound}")
 
     def number(
-        self, key: str, default: Any = _MISSING, minimum: float | None = None
+        self, key: str, default: float = _MISSING, minimum: float | None = None
     ) -> float:
         """Read a number (a numeric string too), at least C{minimum}."""
 
@@ -276,7 +276,7 @@ class Section:
         bound = f" of at least {minimum}" if minimum is not None else ""
         return self._convert(key, default, convert, f"a number{bound}")
 
-    def boolean(self, key: str, default: Any = _MISSING) -> bool:
+    def boolean(self, key: str, default: bool = _MISSING) -> bool:
         """Read C{true} or C{false} (or the strings C{"true"}/C{"false"})."""
 
         def convert(value: Any) -> bool:
@@ -288,7 +288,7 @@ class Section:
 
         return self._convert(key, default, convert, "true or false")
 
-    def duration(self, key: str, default: Any = _MISSING) -> float:
+    def duration(self, key: str, default: float = _MISSING) -> float:
         """Read a duration in seconds: C{"300ms"}, C{"1m30s"} or a number."""
         return self._convert(
             key,
@@ -297,7 +297,7 @@ class Section:
             'a duration such as "300ms", "1m30s" or a number of seconds',
         )
 
-    def text_list(self, key: str, default: Any = _MISSING) -> list[str]:
+    def text_list(self, key: str, default: list[str] = _MISSING) -> list[str]:
         """Read a list of strings; a comma-separated string is accepted too."""
 
         def convert(value: Any) -> list[str]:

@@ -186,7 +186,8 @@ class LuaScript:
 
     def defines(self, name: str) -> bool:
         """Tell whether the script defines the global function C{name}."""
-        return lua54.lua_type(self._env[name]) == "function"
+        kind: str | None = lua54.lua_type(self._env[name])
+        return kind == "function"
 
     def process(self, content: str) -> Emitted:
         """

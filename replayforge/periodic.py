@@ -37,7 +37,7 @@ class PeriodicTask(Service):
         clock: IReactorTime,
         now: bool = False,
     ) -> None:
-        self.setName(name)
+        self.setName(name)  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.interval = interval
         self._work = work
         self._now = now
@@ -57,11 +57,11 @@ class PeriodicTask(Service):
         return maybeDeferred(self._work).addErrback(failed)
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._stopped = self._loop.start(self.interval, now=self._now)
 
     def stopService(self) -> Deferred[Any] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         if self._loop.running:
             self._loop.stop()
         return self._stopped

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Concatenate, Generic, ParamSpec, TypeVar, cast
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 T = TypeVar("T")
 R = TypeVar("R")
+P = ParamSpec("P")
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -59,6 +60,32 @@ def open_pool(path: str | Path, reactor: IReactorCore) -> adbapi.ConnectionPool:
         cp_openfun=_prepare_connection,
         cp_reactor=reactor,
     )
+
+
+def run_interaction(
+    pool: adbapi.ConnectionPool,
+    work: Callable[Concatenate[sqlite3.Cursor, P], R],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> Deferred[R]:
+    """
+    Run C{work} in one transaction on C{pool}; fire with what it returns.
+
+    adbapi hands C{work} a transaction that stands in for a cursor.
+    """
+    # adbapi is unannotated: this is where its result gets its type.
+    return cast("Deferred[R]", pool.runInteraction(work, *args, **kwargs))
+
+
+def run_with_connection(
+    pool: adbapi.ConnectionPool,
+    work: Callable[Concatenate[sqlite3.Connection, P], R],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> Deferred[R]:
+    """Run C{work} with C{pool}'s connection; fire with what it returns."""
+    # adbapi is unannotated: this is where its result gets its type.
+    return cast("Deferred[R]", pool.runWithConnection(work, *args, **kwargs))
 
 
 def prepare_now(path: str | Path, work: Callable[[sqlite3.Cursor], R]) -> R:
@@ -171,7 +198,7 @@ class GroupCommit(Generic[T, R]):
         waiters, self._waiters = self._waiters, []
         self._busy = True
 
-        def finished(outcome: Any) -> None:
+        def finished(outcome: R | Failure) -> None:
             for waiter in waiters:
                 if isinstance(outcome, Failure):
                     waiter.errback(outcome)
@@ -181,5 +208,5 @@ class GroupCommit(Generic[T, R]):
             if self._waiters:
                 self._commit_next()
 
-        done = self._pool.runInteraction(self._write, items)
+        done = run_interaction(self._pool, self._write, items)
         done.addBoth(finished)

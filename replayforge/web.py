@@ -63,7 +63,7 @@ def bearer_matches(authorization: bytes | None, token: str) -> bool:
 
 def header_text(request: IRequest, name: bytes) -> str:
     """Return a request header as text, or C{""} when absent."""
-    value = request.getHeader(name)
+    value: bytes | None = request.getHeader(name)
     if value is None:
         return ""
     return value.decode("utf-8", "replace").strip()
@@ -100,7 +100,7 @@ class LimitedRequest(Request):
         if length is not None and length > self.max_body_bytes:
             self._refuse_oversized()
             return
-        super().gotLength(length)
+        super().gotLength(length)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -109,12 +109,12 @@ class LimitedRequest(Request):
         if self._received > self.max_body_bytes:
             self._refuse_oversized()
             return
-        super().handleContentChunk(data)
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
             return
-        super().requestReceived(command, path, version)
+        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def _refuse_oversized(self) -> None:
         self._refused = True
@@ -123,6 +123,8 @@ class LimitedRequest(Request):
         message = f"request body over the limit of {self.max_body_bytes} bytes\n"
         body = message.encode("ascii")
         transport = self.channel.transport
+        # The channel is connected: it is reading this request's body.
+        assert transport is not None
         transport.write(
             b"HTTP/1.1 413 Content Too Large\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\n"
@@ -151,7 +153,7 @@ def make_site(
     # Request.__init__ copies this flag from the site over any class attribute.
     site = Site(resource, requestFactory=Limited, parsePOSTFormSubmission=False)
     if not access_log:
-        site.log = _no_access_log  # type: ignore[method-assign]
+        site.log = _no_access_log  # type: ignore[method-assign]  # this site only
     return site
 
 

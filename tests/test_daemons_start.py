@@ -22,7 +22,7 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 def twistd(folder: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
     """Run twistd with C{arguments} in C{folder}; return what it did."""
-    return subprocess.run(  # noqa: S603 (our own interpreter)
+    return subprocess.run(
         [*TWISTD, "--nodaemon", "--pidfile=", *arguments],
         cwd=folder,
         capture_output=True,
@@ -54,7 +54,7 @@ class PluginTests(StartUpTestCase):
         C{twistd --help}, run outside the repository, lists the three
         daemons: the (editable or normal) install exposes twisted/plugins.
         """
-        result = subprocess.run(  # noqa: S603 (our own interpreter)
+        result = subprocess.run(
             [*TWISTD, "--help"],
             cwd=self.folder,
             capture_output=True,

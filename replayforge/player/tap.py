@@ -48,7 +48,7 @@ class PlayerService(MultiService):
     def __init__(
         self, config: PlayerConfig, reactor: Any, client: RelayClient | None = None
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.config = config
         self.sinks: dict[str, Sink] = {
             sink.name: make_sink(sink, reactor) for sink in config.sinks
@@ -72,7 +72,7 @@ class PlayerService(MultiService):
             )
             self.pullers.append(puller)
             if has_timer(processor) and source.hook_interval > 0:
-                PeriodicTask(
+                PeriodicTask(  # type: ignore[no-untyped-call]  # unannotated in Twisted
                     f"{source.name}-timer",
                     source.hook_interval,
                     puller.run_timer,
@@ -126,7 +126,7 @@ class PlayerService(MultiService):
                 "tsnet and listenUsingTailscale are set, but this player uses the "
                 "host's network; run tailscaled and use its addresses"
             )
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         for puller in self.pullers:
             log.info(
                 "pulling bucket {bucket} from {relay}",
@@ -141,7 +141,7 @@ class PlayerService(MultiService):
 
         async def stop_the_rest() -> None:
             await pulled
-            await super(PlayerService, self).stopService()
+            await super(PlayerService, self).stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
             await DeferredList([sink.stop() for sink in self.sinks.values()])
             await self._pool.closeCachedConnections()
 

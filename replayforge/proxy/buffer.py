@@ -18,6 +18,7 @@ from pathlib import Path
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.python.failure import Failure
 
 from replayforge.store import (
     GroupCommit,
@@ -25,6 +26,8 @@ from replayforge.store import (
     maintain,
     open_pool,
     prepare_now,
+    run_interaction,
+    run_with_connection,
     used_bytes,
 )
 
@@ -95,7 +98,7 @@ class SinkBuffer:
 
     def open(self) -> Deferred[None]:
         """Create the schema if needed; read the backlog's size."""
-        return self._pool.runInteraction(self._open)
+        return run_interaction(self._pool, self._open)
 
     def _open(self, cursor: sqlite3.Cursor) -> None:
         cursor.execute("BEGIN IMMEDIATE")
@@ -155,7 +158,7 @@ class SinkBuffer:
             self.pending_bytes += content_bytes
             self._wake_thresholds()
 
-        def settled(result: object) -> object:
+        def settled(result: int | Failure) -> int | Failure:
             self._queued_bytes -= size
             return result
 
@@ -196,7 +199,7 @@ class SinkBuffer:
 
     def oldest(self, limit: int) -> Deferred[list[BufferedEvent]]:
         """Read up to C{limit} of the oldest events."""
-        return self._pool.runInteraction(self._select_oldest, limit)
+        return run_interaction(self._pool, self._select_oldest, limit)
 
     @staticmethod
     def _select_oldest(cursor: sqlite3.Cursor, limit: int) -> list[BufferedEvent]:
@@ -210,7 +213,7 @@ class SinkBuffer:
         """Delete C{events}, once the relay holds them."""
         ids = [event.id for event in events]
         size = sum(len(event.content.encode("utf-8")) for event in events)
-        done: Deferred[int] = self._pool.runInteraction(self._delete, ids)
+        done = run_interaction(self._pool, self._delete, ids)
 
         def deleted(count: int) -> None:
             self.pending_events -= count
@@ -225,7 +228,7 @@ class SinkBuffer:
 
     def maintain(self) -> Deferred[None]:
         """Give free pages back to the disk and fold the WAL into the file."""
-        done: Deferred[int] = self._pool.runWithConnection(maintain)
+        done = run_with_connection(self._pool, maintain)
 
         def measured(size: int) -> None:
             self._used_bytes = size

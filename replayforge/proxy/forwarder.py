@@ -38,7 +38,17 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 class HTTPClient(Protocol):
     """The part of treq's client the forwarder uses (treq or StubTreq)."""
 
-    def post(self, url: str, **kwargs: Any) -> Deferred[Any]: ...
+    def post(
+        self,
+        url: str,
+        /,
+        *,
+        data: bytes,
+        headers: dict[bytes | str, list[bytes | str]],
+        timeout: float,
+    ) -> Deferred[Any]:
+        """Send a request; fire with a treq response."""
+        ...
 
 
 @attrs.frozen
@@ -392,7 +402,7 @@ def _first_of(
     """Fire when C{waiter} does or after C{seconds}; cancel the loser."""
     timer: IDelayedCall = clock.callLater(max(seconds, 0.0), waiter.cancel)
 
-    def settle(result: Any) -> None:
+    def settle(result: Failure | None) -> None:
         if timer.active():
             timer.cancel()
         if isinstance(result, Failure):

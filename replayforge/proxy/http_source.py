@@ -29,7 +29,7 @@ class CaptureResource(Resource):
     isLeaf = True
 
     def __init__(self, pipeline: SourcePipeline) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._pipeline = pipeline
 
     def render(self, request: Request) -> int:

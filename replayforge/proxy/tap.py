@@ -9,7 +9,7 @@ from typing import Any
 import treq
 from klein import Klein
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
@@ -55,15 +55,15 @@ class ForwardersService(Service):
         self._pool = pool
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         for forwarder in self._forwarders:
             forwarder.start()
 
-    def stopService(self) -> Any:
-        super().stopService()
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         stopped = DeferredList([forwarder.stop() for forwarder in self._forwarders])
 
-        def close(_: Any) -> Any:
+        def close(_: object) -> Any:
             for buffer in self._buffers.values():
                 buffer.close()
             return self._pool.closeCachedConnections()
@@ -94,7 +94,7 @@ class ProxyService(MultiService):
     """The proxy: sources, sink buffers, forwarders and listeners."""
 
     def __init__(self, config: ProxyConfig, reactor: Any) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.config = config
         clock: IReactorTime = reactor
         self._clock = clock
@@ -123,10 +123,11 @@ class ProxyService(MultiService):
             )
             for sink_id, sink in config.sinks.items()
         ]
-        ForwardersService(self.buffers, forwarders, pool).setServiceParent(self)
+        forwarding = ForwardersService(self.buffers, forwarders, pool)
+        forwarding.setServiceParent(self)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
         for sink_id, buffer in self.buffers.items():
-            PeriodicTask(
+            PeriodicTask(  # type: ignore[no-untyped-call]  # unannotated in Twisted
                 f"maintain {sink_id}",
                 MAINTENANCE_INTERVAL_SECONDS,
                 buffer.maintain,
@@ -151,7 +152,7 @@ class ProxyService(MultiService):
                 clock,
             )
             if script is not None and script.defines("TimerHandler"):
-                PeriodicTask(
+                PeriodicTask(  # type: ignore[no-untyped-call]  # unannotated in Twisted
                     f"timer {source.id}",
                     source.hook_interval,
                     pipeline.run_timer,

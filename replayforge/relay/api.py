@@ -9,13 +9,15 @@ Nothing is answered 200 before it is committed.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import cast
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from replayforge.relay.bucket import BucketStore
 from replayforge.relay.config import RelayConfig
@@ -55,8 +57,9 @@ class RelayAPI:
         self._clock = clock
 
     @app.handle_errors(BadRequest)
-    def _bad_request(self, request: IRequest, failure: Any) -> bytes:
-        error: BadRequest = failure.value
+    def _bad_request(self, request: IRequest, failure: Failure) -> bytes:
+        # handle_errors(BadRequest) sends only those here.
+        error = cast(BadRequest, failure.value)
         return text_body(request, error.code, error.message + "\n")
 
     def _authorized_store(self, request: IRequest, bucket: str) -> BucketStore:
@@ -125,7 +128,7 @@ class RelayAPI:
         return text_body(request, 200, "")
 
     @app.route("/first-batch", methods=["GET"])
-    async def first_batch(self, request: IRequest) -> bytes:
+    async def first_batch(self, request: Request) -> bytes:
         """Answer the oldest records of C{RF-BUCKET}, waiting if asked to."""
         store = self._one_bucket(request)
         limit = _query_number(request, b"limit", DEFAULT_LIMIT, whole=True)

@@ -27,6 +27,8 @@ from replayforge.store import (
     maintain,
     open_pool,
     prepare_now,
+    run_interaction,
+    run_with_connection,
     used_bytes,
 )
 
@@ -108,7 +110,7 @@ class BucketStore:
 
     def open(self) -> Deferred[None]:
         """Create the schema if needed and measure the file, through the pool."""
-        return self._pool.runInteraction(self._create_schema)
+        return run_interaction(self._pool, self._create_schema)
 
     def close(self) -> None:
         """Close the pool; wake long-polling readers so they answer now."""
@@ -122,7 +124,7 @@ class BucketStore:
         ).fetchone()
         adopting = row is not None and "AUTOINCREMENT" not in row[0].upper()
         cursor.execute("BEGIN IMMEDIATE")
-        statements = _SCHEMA
+        statements: tuple[str, ...] = _SCHEMA
         if adopting:
             statements = _ADOPT_GO_TABLE + _SCHEMA + _COPY_GO_ROWS
         for statement in statements:
@@ -152,9 +154,7 @@ class BucketStore:
         if self.is_full:
             raise BucketFull(self.name)
         now = int(self._clock.seconds())
-        done: Deferred[bool] = self._pool.runInteraction(
-            self._insert, list(contents), batch_id, now
-        )
+        done = run_interaction(self._pool, self._insert, list(contents), batch_id, now)
 
         def committed(stored: bool) -> bool:
             # An empty batch must not end a reader's wait with nothing.
@@ -191,7 +191,7 @@ class BucketStore:
 
     def first(self, limit: int) -> Deferred[list[Record]]:
         """Return up to C{limit} of the oldest records."""
-        return self._pool.runInteraction(self._select_first, limit)
+        return run_interaction(self._pool, self._select_first, limit)
 
     @staticmethod
     def _select_first(cursor: sqlite3.Cursor, limit: int) -> list[Record]:
@@ -240,7 +240,7 @@ class BucketStore:
 
     def acknowledge(self, ids: Sequence[int]) -> Deferred[int]:
         """Delete the records with C{ids}; fire with how many were deleted."""
-        return self._pool.runInteraction(self._delete, list(ids))
+        return run_interaction(self._pool, self._delete, list(ids))
 
     def _delete(self, cursor: sqlite3.Cursor, ids: list[int]) -> int:
         deleted = delete_by_ids(cursor, "wrap_calls", ids)
@@ -253,7 +253,7 @@ class BucketStore:
         older than an hour; fire with how many records were deleted.
         """
         now = int(self._clock.seconds())
-        return self._pool.runInteraction(self._purge, now)
+        return run_interaction(self._pool, self._purge, now)
 
     def _purge(self, cursor: sqlite3.Cursor, now: int) -> int:
         cursor.execute(
@@ -271,7 +271,7 @@ class BucketStore:
 
     def maintain(self) -> Deferred[int]:
         """Shrink the file to its data; fire with the bytes in use."""
-        done: Deferred[int] = self._pool.runWithConnection(maintain)
+        done = run_with_connection(self._pool, maintain)
 
         def measured(size: int) -> int:
             self.used_bytes = size

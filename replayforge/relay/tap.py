@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
@@ -38,7 +39,7 @@ class RelayService(MultiService):
     """The relay: bucket stores, its listeners and its periodic tasks."""
 
     def __init__(self, config: RelayConfig, reactor: Any) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.config = config
         clock: IReactorTime = reactor
         self.stores = {
@@ -64,7 +65,8 @@ class RelayService(MultiService):
             ("maintenance", MAINTENANCE_INTERVAL_SECONDS, self.maintain),
             ("minute", 60.0, lambda: self.stats.next_minute(clock.seconds())),
         ]:
-            PeriodicTask(name, interval, work, clock).setServiceParent(self)
+            task = PeriodicTask(name, interval, work, clock)
+            task.setServiceParent(self)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def startService(self) -> None:
         for name, bucket in self.config.buckets.items():
@@ -79,13 +81,19 @@ class RelayService(MultiService):
                 "useTailnet is set, but this relay listens only where 'listen' "
                 "or 'port' says; run tailscaled and listen on its address"
             )
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
     def stopService(self) -> Any:
-        done = super().stopService()
-        for store in self.stores.values():
-            store.close()
-        return done
+        # Listeners and periodic tasks stop first: a purge in progress ends
+        # before its bucket's pool closes.
+        done: Deferred[Any] = maybeDeferred(super().stopService)
+
+        def close_stores(result: Any) -> Any:
+            for store in self.stores.values():
+                store.close()
+            return result
+
+        return done.addBoth(close_stores)
 
     async def purge(self) -> None:
         """Delete expired records in every bucket, counting each."""

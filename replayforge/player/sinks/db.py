@@ -15,9 +15,10 @@ import sqlite3
 from typing import Any
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
 from replayforge.periodic import PeriodicTask
@@ -32,7 +33,7 @@ from replayforge.player.sinks.dbwrite import (
     table_columns,
 )
 from replayforge.player.sinks.settings import DbSinkSettings
-from replayforge.store import open_pool
+from replayforge.store import open_pool, run_interaction
 
 log = Logger()
 
@@ -82,17 +83,20 @@ class DbSink(Sink):
 
     def stop(self) -> Deferred[None]:
         """Stop the expiry task and close the database."""
+        stopped: Deferred[Any] = succeed(None)
         if self._expiry is not None and self._expiry.running:
-            self._expiry.stopService()
-        self._pool.close()
-        return succeed(None)
+            # An expiry run in progress ends before the pool closes.
+            stopped = maybeDeferred(self._expiry.stopService)
+
+        def close(_: object) -> None:
+            self._pool.close()
+
+        return stopped.addBoth(close)
 
     def deliver(self, events: list[str]) -> Deferred[None]:
         """Apply C{events} in one transaction; fire once it is committed."""
         now = int(self._clock.seconds())
-        done: Deferred[WriteOutcome] = self._pool.runInteraction(
-            self._writer.write_batch, events, now
-        )
+        done = run_interaction(self._pool, self._writer.write_batch, events, now)
 
         def committed(outcome: WriteOutcome) -> None:
             self.stats.received += len(events)
@@ -108,7 +112,7 @@ class DbSink(Sink):
                     problems="; ".join(outcome.problems),
                 )
 
-        def failed(failure: Any) -> Any:
+        def failed(failure: Failure) -> Failure:
             self.stats.failures += 1
             return failure
 
@@ -126,7 +130,7 @@ class DbSink(Sink):
     async def expire_rows(self) -> None:
         """Delete the rows not written for C{row_ttl_sec} seconds."""
         cutoff = int(self._clock.seconds()) - self.settings.row_ttl_seconds
-        expired: int = await self._pool.runInteraction(_delete_older_rows, cutoff)
+        expired = await run_interaction(self._pool, _delete_older_rows, cutoff)
         if expired:
             self.stats.expired += expired
             log.info(
