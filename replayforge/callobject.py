@@ -41,7 +41,8 @@ def capture(request: IRequest, body: bytes) -> dict[str, Any]:
         text = name.decode("latin-1")
         if text.lower() in STRIPPED_HEADERS:
             continue
-        headers[text] = [value.decode("latin-1") for value in values]
+        # Clients send UTF-8 in header values far more often than Latin-1.
+        headers[text] = [value.decode("utf-8", "replace") for value in values]
 
     call: dict[str, Any] = {
         "method": request.method.decode("ascii", "replace"),

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,16 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
     with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
         return int(answer.status)
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=1).close()  # noqa: S310
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def _get_json(url: str) -> Any:
@@ -90,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path.cwd()
     conf = options.conf
+    state = root / "run"
     relay_config = load_relay_config(conf / "relay.yaml")
     proxy_config = load_proxy_config(conf / "proxy.yaml")
     player_config = load_player_config(conf / "player.yaml")
-    logs = root / "run" / "logs"
+    logs = state / "logs"
 
     daemons = {
         kind: Daemon(kind, conf / f"{kind}.yaml", root, log_dir=logs)
@@ -108,6 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     proxy_url = endpoint_url(source.listen or "")
     sink_id = player_config.sinks[0].id
     api_url = endpoint_url(player_config.listen or "", f"/{sink_id}/")
+
+    busy = [url for url in ready.values() if _answers(url)]
+    if busy:
+        print(
+            f"demo: something already listens at {', '.join(busy)}; stop the "
+            "daemons of an earlier --keep run first",
+            file=sys.stderr,
+        )
+        return 1
+    # Rows of an earlier run would make this one look complete.
+    shutil.rmtree(state, ignore_errors=True)
 
     try:
         for kind, daemon in daemons.items():

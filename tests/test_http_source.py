@@ -154,6 +154,21 @@ class CallObjectTests(CaptureTestCase):
         self.assertEqual(call["headers"]["X-Signature"], ["one", "two"])
         self.assertEqual(call["headers"]["Content-Type"], ["text/plain"])
 
+    def test_header_values_utf8(self) -> None:
+        """
+        Header values are read as UTF-8, as clients send them; bytes that are
+        not UTF-8 become replacement characters instead of failing.
+        """
+        call = self.capture(
+            "POST",
+            "http://proxy.test/",
+            headers={"X-Name": ["Zoë".encode()], "X-Raw": [b"\xff!"]},
+            data=b"x",
+        )
+
+        self.assertEqual(call["headers"]["X-Name"], ["Zoë"])
+        self.assertEqual(call["headers"]["X-Raw"], ["\ufffd!"])
+
     def test_header_names_canonical(self) -> None:
         """
         Header names arrive capitalized word by word, as the Go proxy gave

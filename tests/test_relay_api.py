@@ -1292,3 +1292,67 @@ class GoDatabaseTests(TestCase):
         await self.assertAdopted(
             self.go_database("CREATE INDEX idx_timestamp ON wrap_calls (timestamp)")
         )
+
+
+class HostileInputTests(RelayTestCase):
+    """Input that once cost a 500 or left the outcome to chance is a 400."""
+
+    async def test_unpaired_surrogate(self) -> None:
+        """
+        A string escaping half of a UTF-16 pair cannot be stored as text: the
+        batch is refused whole and nothing is stored.
+        """
+        relay = await self.start()
+        answer = await relay.post_batch(b'["fine", "bad \\ud800"]')
+        self.assertEqual(answer.code, 400, answer)
+        self.assertIn(b"surrogate", answer.body)
+        self.assertEqual(await relay.contents("logs"), [])
+
+    async def test_deeply_nested_body(self) -> None:
+        """JSON nested deeper than the parser goes is a 400, not a crash."""
+        relay = await self.start()
+        body = b"[" * 100_000 + b"]" * 100_000
+        self.assertEqual((await relay.post_batch(body)).code, 400)
+        answer = await relay.request(
+            "POST",
+            "/node-info",
+            {**_authorization(SHARED_TOKEN), "RF-BUCKET": "logs", "RF-HOSTNAME": "h"},
+            body,
+        )
+        self.assertEqual(answer.code, 400, answer)
+
+    async def test_two_authorization_headers(self) -> None:
+        """
+        Two Authorization headers are refused, whichever holds the token:
+        which one counted would otherwise depend on the server.
+        """
+        relay = await self.start()
+        for values in (
+            ["Bearer wrong", f"Bearer {SHARED_TOKEN}"],
+            [f"Bearer {SHARED_TOKEN}", "Bearer wrong"],
+        ):
+            response = await relay.api.request(
+                "POST",
+                URL + "/record-batch",
+                headers={"Authorization": values, "RF-BUCKETS": "logs"},
+                data=b'["a"]',
+            )
+            self.assertEqual(response.code, 400)
+            self.assertIn(b"Authorization", await response.content())
+        self.assertEqual(await relay.contents("logs"), [])
+
+    async def test_two_bucket_headers(self) -> None:
+        """Two RF-BUCKETS headers are refused rather than one silently ignored."""
+        relay = await self.start()
+        response = await relay.api.request(
+            "POST",
+            URL + "/record-batch",
+            headers={
+                "Authorization": f"Bearer {SHARED_TOKEN}",
+                "RF-BUCKETS": ["logs", "audit"],
+            },
+            data=b'["a"]',
+        )
+        self.assertEqual(response.code, 400)
+        self.assertEqual(await relay.contents("logs"), [])
+        self.assertEqual(await relay.contents("audit"), [])

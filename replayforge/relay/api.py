@@ -64,7 +64,7 @@ class RelayAPI:
 
     def _authorized_store(self, request: IRequest, bucket: str) -> BucketStore:
         store = self._stores.get(bucket)
-        authorization = request.getHeader(b"Authorization")
+        authorization = _single_header(request, b"Authorization")
         # An unknown bucket is checked against an empty token, which never
         # matches, so both refusals take the same path.
         token = store.config.auth if store is not None else ""
@@ -73,6 +73,7 @@ class RelayAPI:
         return store
 
     def _one_bucket(self, request: IRequest) -> BucketStore:
+        _single_header(request, b"RF-BUCKET")
         bucket = header_text(request, b"RF-BUCKET")
         if not bucket:
             raise BadRequest(400, "missing RF-BUCKET header")
@@ -81,6 +82,7 @@ class RelayAPI:
     @app.route("/record-batch", methods=["POST"])
     async def record_batch(self, request: IRequest) -> bytes:
         """Store a JSON array of strings in every bucket of C{RF-BUCKETS}."""
+        _single_header(request, b"RF-BUCKETS")
         names = [
             name.strip()
             for name in header_text(request, b"RF-BUCKETS").split(",")
@@ -185,7 +187,7 @@ class RelayAPI:
             raise BadRequest(400, "missing RF-HOSTNAME header")
         try:
             report = json.loads(request.content.read())
-        except ValueError:
+        except (ValueError, RecursionError):
             report = None
         if not isinstance(report, dict):
             raise BadRequest(400, "invalid request body: expected a JSON object")
@@ -222,20 +224,41 @@ class StatusAPI:
         return text_body(request, 200, "ok")
 
 
+def _single_header(request: IRequest, name: bytes) -> bytes | None:
+    """
+    Return the one value of header C{name}, or L{None} when absent.
+
+    Two values would leave it to chance which one decides (the Go relay took
+    the first, Twisted the last), so they are refused.
+    """
+    values: list[bytes] | None = request.requestHeaders.getRawHeaders(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(400, f"header {name.decode()} given {len(values)} times")
+    return values[0]
+
+
 def _parse_event_array(body: bytes) -> list[str]:
     try:
         events = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequest(400, "invalid JSON: expected an array of strings") from None
     if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
         raise BadRequest(400, "invalid body: expected a JSON array of strings")
+    try:
+        "".join(events).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(
+            400, "invalid body: a string holds an unpaired UTF-16 surrogate"
+        ) from None
     return events
 
 
 def _parse_ids(body: bytes) -> list[int]:
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequest(400, 'invalid JSON: expected {"ids": [...]}') from None
     raw_ids = document.get("ids") if isinstance(document, dict) else None
     if not isinstance(raw_ids, list) or not raw_ids:
