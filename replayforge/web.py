@@ -17,6 +17,7 @@ from twisted.application import strports
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http import Request as HTTPRequest
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
@@ -159,3 +160,21 @@ def make_site(
 
 def _no_access_log(request: HTTPRequest) -> None:
     """Skip the per-request access log line; counters tell the story."""
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """A client connection factory that does not log each connection."""
+
+    noisy = False
+
+
+def client_pool(reactor: IReactorCore) -> HTTPConnectionPool:
+    """
+    Make a persistent client connection pool for one daemon's HTTP clients.
+
+    Twisted logs "Starting factory" and "Stopping factory" for every new
+    connection otherwise, which drowns a daemon's own log lines.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietClientFactory
+    return pool
