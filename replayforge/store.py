@@ -62,6 +62,33 @@ def open_pool(path: str | Path, reactor: IReactorCore) -> adbapi.ConnectionPool:
     )
 
 
+def _prepare_reader(connection: sqlite3.Connection) -> None:
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    connection.execute("PRAGMA query_only = 1")
+
+
+def open_read_pool(
+    path: str | Path, reactor: IReactorCore, connections: int = 2
+) -> adbapi.ConnectionPool:
+    """
+    Open a pool of read-only connections to the SQLite file at C{path}.
+
+    In WAL mode its reads never wait for the writer, nor make it wait.  The
+    file must exist, with its writer open, before the first read.
+    """
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    return adbapi.ConnectionPool(
+        "sqlite3",
+        uri,
+        uri=True,
+        check_same_thread=False,
+        cp_min=1,
+        cp_max=connections,
+        cp_openfun=_prepare_reader,
+        cp_reactor=reactor,
+    )
+
+
 def run_interaction(
     pool: adbapi.ConnectionPool,
     work: Callable[Concatenate[sqlite3.Cursor, P], R],

@@ -1,5 +1,6 @@
 """
-Tests for the player's HTTP endpoints, L{replayforge.player.api} and
+Tests for the player's HTTP endpoints, L{replayforge.player.api},
+L{replayforge.player.static}, L{replayforge.player.relay_proxy} and
 L{replayforge.player.auth}, and for building the service in
 L{replayforge.player.tap}.
 """
@@ -8,60 +9,70 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import signal
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from replayforge.player.api import PlayerAPI, StatusAPI
-from replayforge.player.auth import basic_auth
-from replayforge.player.config import PlayerSinkConfig, load_player_config
-from replayforge.player.sinks.db import DbSink
+from replayforge.player.auth import SingleUserChecker, basic_auth
+from replayforge.player.config import load_player_config
+from replayforge.player.relay_proxy import RelayStatusProxy, status_base
 from replayforge.player.sinks.http import HttpSink
-from replayforge.player.sinks.settings import DbSinkSettings, HttpSinkSettings
+from replayforge.player.sinks.settings import HttpSinkSettings, LogSinkSettings
 from replayforge.player.tap import Options, PlayerService, makeService
-from replayforge.store import open_pool
+from replayforge.web import make_site
+from tests.player_support import (
+    RecordingTarget,
+    SynchronousReactor,
+    call,
+    listen,
+    make_db_sink,
+    queued,
+    sink_config,
+    temp_folder,
+)
+
+TRAVERSALS = [
+    "/static/../secret.txt",
+    "/static/%2e%2e/secret.txt",
+    "/static/%2E%2E%2Fsecret.txt",
+    "/static/..%2fsecret.txt",
+    "/static/..%5csecret.txt",
+    "/static/sub/../../secret.txt",
+    "/static/%2Fetc%2Fpasswd",
+    "/static//etc/passwd",
+    "/static/%00/secret.txt",
+    "/static/outside",
+    "/../secret.txt",
+    "/%2e%2e/secret.txt",
+    "//etc/passwd",
+    "/outside/secret.txt",
+]
 
 
-class SynchronousThreadPool:
-    """A thread pool that runs each call at once."""
-
-    def callInThreadWithCallback(
-        self, on_result: Any, function: Any, *args: Any, **kwargs: Any
-    ) -> None:
-        try:
-            result = function(*args, **kwargs)
-        except Exception:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
-class SynchronousReactor(Clock):
-    """A clock on which adbapi's thread hand-offs happen at once."""
-
-    def callWhenRunning(self, function: Any, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def callFromThread(self, function: Any, *args: Any, **kwargs: Any) -> None:
-        function(*args, **kwargs)
-
-
-def temp_folder(case: SynchronousTestCase) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="rf-player-api-"))
-    case.addCleanup(shutil.rmtree, folder, True)
-    return folder
+def static_folders(case: SynchronousTestCase) -> Path:
+    """A static folder beside a secret, with a link leading out of it."""
+    folder = temp_folder(case, "rf-player-static-")
+    static = folder / "static"
+    (static / "sub").mkdir(parents=True)
+    (static / "index.html").write_text("<h1>home</h1>")
+    (static / "app.js").write_text("console.log(1)")
+    (static / "sub" / "page.html").write_text("sub page")
+    (folder / "secret.txt").write_text("do not serve")
+    os.symlink(folder, static / "outside")
+    return static
 
 
 class PlayerAPITests(SynchronousTestCase):
@@ -69,28 +80,19 @@ class PlayerAPITests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = SynchronousReactor()
-        folder = temp_folder(self)
-        db_config = PlayerSinkConfig(
+        folder = temp_folder(self, "rf-player-api-")
+        self.db = make_db_sink(
+            self,
+            self.reactor,
+            folder / "s.sqlite3",
             name="store",
-            id="store-api",
-            type="db",
-            settings=DbSinkSettings(folder / "s.sqlite3", None, None, 0),
+            sink_id="store-api",
             metadata={"team": "ops"},
-            key_path="sinks[0]",
         )
-        pool = open_pool(folder / "s.sqlite3", self.reactor)
-        pool.threadpool = SynchronousThreadPool()
-        self.db = DbSink(db_config, self.reactor, pool=pool)
-        self.addCleanup(self.db.stop)
-        http_config = PlayerSinkConfig(
-            name="web",
-            id="web",
-            type="http",
-            settings=HttpSinkSettings("http://127.0.0.1:9", 1.0, 0),
-            metadata={},
-            key_path="sinks[1]",
+        self.http = HttpSink(
+            sink_config("web", HttpSinkSettings("http://127.0.0.1:9"), "http"),
+            self.reactor,
         )
-        self.http = HttpSink(http_config, self.reactor)
         self.api = PlayerAPI([self.db, self.http])
 
     def get(
@@ -127,23 +129,30 @@ class PlayerAPITests(SynchronousTestCase):
         self.assertEqual(json.loads(body)["name"], "store")
         code, body, _ = self.get("/sink/find/nope")
         self.assertEqual((code, body), (404, b"Sink not found\n"))
+        code, body, _ = self.get("/sink/find/")
+        self.assertEqual((code, body), (400, b"id parameter is required\n"))
 
     def test_sink_api_routed(self) -> None:
         """C{/<sink id>/rpf-db/<table>} reaches the db sink's query API."""
-        event = {"method": "POST", "path": "/users", "body": json.dumps({"id": "u1"})}
-        self.successResultOf(self.db.deliver([json.dumps(event)]))
-        code, body, _ = self.get("/store-api/rpf-db/users")
+        event = call("POST", "/users", {"id": "u1"})
+        self.successResultOf(self.db.deliver(queued(event)))
+        code, body, _ = self.get("/store-api/rpf-db/users?id=u1")
         self.assertEqual(code, 200)
         self.assertEqual([row["id"] for row in json.loads(body)], ["u1"])
         # The Go player routed by name; that still works.
         code, _, _ = self.get("/store/rpf-db/users")
         self.assertEqual(code, 200)
+        code, body, _ = self.get("/store-api/rpf-db/pragma_database_list")
+        self.assertEqual(code, 404)
+        self.assertNotIn(b"s.sqlite3", body)
 
     def test_sink_without_api(self) -> None:
         """A sink without an API, or no sink, answers 404."""
         code, body, _ = self.get("/web/anything")
         self.assertEqual((code, body), (404, b"Sink does not expose a port\n"))
-        code, _, _ = self.get("/missing/rpf-db/users")
+        code, body, _ = self.get("/missing/rpf-db/users")
+        self.assertEqual((code, body), (404, b"404 page not found\n"))
+        code, _, _ = self.get("/relay-proxy/statusz")
         self.assertEqual(code, 404)
 
     def test_basic_auth(self) -> None:
@@ -160,16 +169,33 @@ class PlayerAPITests(SynchronousTestCase):
             response.headers.getRawHeaders(b"WWW-Authenticate"),
             [b'basic realm="replayforge-player"'],
         )
-        code, _, _ = self.get("/ping", guarded, authorization("admin", "wrong"))
-        self.assertEqual(code, 401)
-        code, _, _ = self.get("/ping", guarded, authorization("root", "s3cret"))
-        self.assertEqual(code, 401)
+        for user, password in [
+            ("admin", "wrong"),
+            ("root", "s3cret"),
+            ("admin", "s3cret-and-more"),
+            ("admin", ""),
+        ]:
+            code, _, _ = self.get("/ping", guarded, authorization(user, password))
+            self.assertEqual(code, 401, (user, password))
         code, body, _ = self.get("/ping", guarded, authorization("admin", "s3cret"))
         self.assertEqual((code, body), (200, b"pong"))
         code, _, _ = self.get(
             "/store-api/rpf-db/none", guarded, authorization("admin", "s3cret")
         )
         self.assertEqual(code, 404)
+
+    def test_checker_compares_digests(self) -> None:
+        """The checker keeps only digests and refuses every near miss."""
+        checker = SingleUserChecker("admin", "s3cret")
+        self.assertNotIn(b"s3cret", vars(checker).values())
+        self.successResultOf(
+            checker.requestAvatarId(UsernamePassword(b"admin", b"s3cret"))
+        )
+        for password in [b"s3cre", b"s3cret ", b"S3cret", b""]:
+            self.failureResultOf(
+                checker.requestAvatarId(UsernamePassword(b"admin", password)),
+                UnauthorizedLogin,
+            )
 
     def test_no_auth_without_username(self) -> None:
         """Without a username the resource is served as it is."""
@@ -191,11 +217,108 @@ class PlayerAPITests(SynchronousTestCase):
         self.assertEqual((code, body), (200, b"ok"))
 
 
+def raw_get(port: int, target: str) -> tuple[int, bytes]:
+    """
+    Send C{GET target} exactly as written (no client normalises it), as
+    HTTP/1.0 so the answer is not chunked.
+    """
+    request = f"GET {target} HTTP/1.0\r\nHost: player\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request.encode())
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+class ExposedPortTests(TestCase):
+    """Static files and the relay's status, over real connections."""
+
+    def setUp(self) -> None:
+        self.static = static_folders(self)
+        folder = temp_folder(self, "rf-player-exposed-")
+        self.relay = RecordingTarget()
+        self.relay.headers = {b"Content-Type": b"application/json"}
+        relay_port = listen(self.relay)
+        self.addCleanup(relay_port.stopListening)
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        client = HTTPClient(Agent(reactor, pool=pool))
+        self.addCleanup(pool.closeCachedConnections)
+        relay_status = RelayStatusProxy(
+            f"127.0.0.1:{relay_port.getHost().port}/ignored/path", client, reactor
+        )
+        # A db sink whose own static_dir is the same folder.
+        synchronous_reactor = SynchronousReactor()
+        self.db = make_db_sink(
+            self,
+            synchronous_reactor,
+            folder / "s.sqlite3",
+            name="store",
+            static_dir=self.static,
+        )
+        api = PlayerAPI([self.db], self.static, relay_status)
+        guarded = basic_auth(api.app.resource(), "", "")
+        self.port = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, make_site(guarded), interface="127.0.0.1"
+        )
+        self.addCleanup(self.port.stopListening)
+
+    def fetch(self, target: str) -> Deferred[tuple[int, bytes]]:
+        return deferToThread(raw_get, self.port.getHost().port, target)
+
+    async def test_static_files_served(self) -> None:
+        """Files of the folder are served at C{/static/...} and at C{/...}."""
+        for target, expected in [
+            ("/static/app.js", b"console.log(1)"),
+            ("/app.js", b"console.log(1)"),
+            ("/", b"<h1>home</h1>"),
+            ("/static/", b"<h1>home</h1>"),
+            ("/sub/page.html", b"sub page"),
+            ("/store/static/app.js", b"console.log(1)"),
+        ]:
+            code, body = await self.fetch(target)
+            self.assertEqual((code, body), (200, expected), target)
+        code, _ = await self.fetch("/static/sub/")
+        self.assertEqual(code, 404, "a folder without index.html is not listed")
+
+    async def test_static_traversal_refused(self) -> None:
+        """No path, encoded, absolute or through a link, leaves the folder."""
+        for target in [*TRAVERSALS, *(f"/store{path}" for path in TRAVERSALS)]:
+            code, body = await self.fetch(target)
+            # Klein redirects a path with an empty segment to the same path
+            # without it, which is still inside the folder.
+            self.assertIn(code, (308, 400, 404), target)
+            self.assertNotIn(b"do not serve", body, target)
+            self.assertNotIn(b"root:", body, target)
+
+    async def test_relay_proxy(self) -> None:
+        """
+        C{/relay-proxy/<rest>} answers what the relay's status listener
+        answers at C{/<rest>}, query kept, without the caller's headers.
+        """
+        code, body = await self.fetch("/relay-proxy/statusz?bucket=a%20b")
+        self.assertEqual((code, body), (200, b"answered"))
+        [seen] = self.relay.seen
+        self.assertEqual(seen.uri, b"/statusz?bucket=a%20b")
+        self.assertNotIn(b"authorization", seen.headers)
+
+    def test_status_base(self) -> None:
+        """Only the scheme and host of C{relayUrlStatusz} are kept."""
+        self.assertEqual(status_base("relay:8082/statusz"), "http://relay:8082")
+        self.assertEqual(status_base("https://r.example/x"), "https://r.example")
+
+
 class PlayerServiceTests(SynchronousTestCase):
     """Building the player from its file."""
 
     def write_config(self, document: dict[str, Any]) -> Path:
         folder = temp_folder(self)
+        self.data = folder / "data"
+        document.setdefault("dataDir", str(self.data))
         path = folder / "player.json"
         path.write_text(json.dumps(document))
         return path
@@ -214,7 +337,7 @@ class PlayerServiceTests(SynchronousTestCase):
     def test_script_without_process_exits(self) -> None:
         """A script that defines no C{Process} stops twistd too."""
         script = Path(tempfile.mkdtemp(prefix="replayforge-test-")) / "noop.lua"
-        self.addCleanup(shutil.rmtree, script.parent, ignore_errors=True)
+        self.addCleanup(shutil.rmtree, script.parent, True)
         script.write_text("x = 1\n")
         path = self.write_config(
             {
@@ -234,8 +357,24 @@ class PlayerServiceTests(SynchronousTestCase):
             makeService(options)
         self.assertIn("sources[0].transformScript", str(caught.exception))
 
+    def test_unusable_data_dir_exits(self) -> None:
+        """A queue folder that cannot be made stops twistd with one line."""
+        blocker = temp_folder(self) / "file"
+        blocker.write_text("not a folder")
+        path = self.write_config(
+            {"relayUrl": "http://127.0.0.1:1/", "dataDir": str(blocker / "data")}
+        )
+        options = Options()
+        options.parseOptions(["-c", str(path)])
+        with self.assertRaises(SystemExit) as caught:
+            makeService(options)
+        self.assertTrue(str(caught.exception).startswith("replayforge-player: "))
+
     def test_service_parts(self) -> None:
-        """The service holds one puller per source and one sink per entry."""
+        """
+        The service holds one puller per source, one sink and one worker per
+        sink entry, and its queue in C{dataDir}.
+        """
         path = self.write_config(
             {
                 "relayUrl": "http://127.0.0.1:1",
@@ -254,5 +393,36 @@ class PlayerServiceTests(SynchronousTestCase):
             }
         )
         service = PlayerService(load_player_config(path), SynchronousReactor())
+        self.addCleanup(service.queue.close)
         self.assertEqual([puller.bucket for puller in service.pullers], ["a", "b"])
         self.assertEqual(list(service.sinks), ["web"])
+        self.assertEqual([worker.sink.name for worker in service.workers], ["web"])
+        self.assertTrue((self.data / "player-queue.sqlite3").exists())
+
+    def test_sighup_reopens_log_files(self) -> None:
+        """SIGHUP, handled through the reactor, reopens every log sink's file."""
+        log_file = temp_folder(self) / "events.log"
+        path = self.write_config(
+            {
+                "relayUrl": "http://127.0.0.1:1",
+                "sinks": [
+                    {
+                        "name": "trail",
+                        "type": "log",
+                        "params": {"logFilePath": str(log_file)},
+                    }
+                ],
+            }
+        )
+        fake = SynchronousReactor()
+        service = PlayerService(load_player_config(path), fake)
+        sink = service.sinks["trail"]
+        self.assertIsInstance(sink.config.settings, LogSinkSettings)
+        service.startService()
+        self.addCleanup(lambda: self.successResultOf(service.stopService()))
+        self.successResultOf(sink.deliver(queued("one")))
+        log_file.rename(log_file.with_name("events.log.1"))
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.successResultOf(sink.deliver(queued("two")))
+        self.assertEqual(log_file.read_text(), "two\n")
+        self.assertEqual(log_file.with_name("events.log.1").read_text(), "one\n")

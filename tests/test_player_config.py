@@ -80,9 +80,7 @@ class PlayerConfigTests(SynchronousTestCase):
         self.assertEqual((sink.name, sink.id, sink.type), ("web", "web", "http"))
         self.assertEqual(
             sink.settings,
-            HttpSinkSettings(
-                target_host="http://127.0.0.1:9000", timeout_seconds=30.0, max_retries=5
-            ),
+            HttpSinkSettings(target_host="http://127.0.0.1:9000", timeout_seconds=30.0),
         )
         self.assertEqual((config.poll_limit, config.poll_wait_seconds), (100, 10.0))
         self.assertIsNone(config.listen)
@@ -259,10 +257,28 @@ class ProcessorTests(SynchronousTestCase):
         self.assertEqual(processor.process("x"), [("web", "x")])
         self.assertFalse(has_timer(processor))
 
-    def test_script_without_process(self) -> None:
-        """A script that defines no C{Process} is a configuration error."""
+    def test_script_with_timer_only(self) -> None:
+        """A script that defines only C{TimerHandler} is accepted."""
         config_path = self.write("player.json", "")
-        (config_path.parent / "empty.lua").write_text("function TimerHandler() end\n")
+        (config_path.parent / "timer.lua").write_text("function TimerHandler() end\n")
+        document = minimal()
+        document["sources"][0] = {
+            "name": "bucket1",
+            "relayAuthenticationBearer": "t",
+            "transformScript": str(config_path.parent / "timer.lua"),
+        }
+        config_path.write_text(json.dumps(document))
+        [source] = load_player_config(config_path).sources
+        processor = load_processor(source, str(config_path))
+        self.assertTrue(has_timer(processor))
+
+    def test_script_without_entry_point(self) -> None:
+        """
+        A script that defines neither C{Process} nor C{TimerHandler} is a
+        configuration error.
+        """
+        config_path = self.write("player.json", "")
+        (config_path.parent / "empty.lua").write_text("function init() end\n")
         document = minimal()
         document["sources"][0] = {
             "name": "bucket1",

@@ -1,9 +1,9 @@
 """
 Tests for the player's C{db} sink: L{replayforge.player.sinks.db} and its
-writer, reader and query API, on real SQLite files.
+writer (L{replayforge.player.sinks.dbwrite}) and naming rules
+(L{replayforge.player.sinks.dbschema}), on real SQLite files.
 
-The sink's adbapi pool runs its interactions synchronously here (a thread
-pool that calls at once, a reactor that calls back at once), so every
+The sink's pools run their interactions synchronously here, so every
 delivery is committed when C{deliver} returns.
 """
 
@@ -11,97 +11,59 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import sqlite3
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from treq.testing import StubTreq
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from replayforge.player.config import PlayerSinkConfig
+from replayforge.player.sinks.base import (
+    DELIVERED,
+    Outcome,
+    QueuedEvent,
+    Rejected,
+)
 from replayforge.player.sinks.db import DbSink
-from replayforge.player.sinks.dbwrite import DropEvent, snake_case, table_from_path
-from replayforge.player.sinks.settings import DbSinkSettings
+from replayforge.player.sinks.dbschema import base_column, column_names, snake_case
+from replayforge.player.sinks.dbwrite import DropEvent, table_from_path
 from replayforge.player.sinks.timestamps import normalize_timestamp
-from replayforge.store import open_pool
+from tests.player_support import (
+    SynchronousReactor,
+    call,
+    make_db_sink,
+    queued,
+    temp_folder,
+)
 
 NOW = 1_700_000_000
 
 
-class SynchronousThreadPool:
-    """A thread pool that runs each call at once, on the calling thread."""
+class DbSinkTestCase(SynchronousTestCase):
+    """A C{db} sink on a fresh file, and ways to read the file back."""
 
-    def callInThreadWithCallback(
-        self, on_result: Any, function: Any, *args: Any, **kwargs: Any
-    ) -> None:
-        try:
-            result = function(*args, **kwargs)
-        except Exception:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
-class SynchronousReactor(Clock):
-    """A clock on which adbapi's thread hand-offs happen at once."""
-
-    def callWhenRunning(self, function: Any, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def callFromThread(self, function: Any, *args: Any, **kwargs: Any) -> None:
-        function(*args, **kwargs)
-
-
-def call(method: str, path: str, body: Any = None, **extra: Any) -> str:
-    """Encode a call object whose body is C{body} as JSON (or as given)."""
-    text = body if isinstance(body, str) or body is None else json.dumps(body)
-    document = {"method": method, "path": path, **extra}
-    if text is not None:
-        document["body"] = text
-    return json.dumps(document)
-
-
-class DbSinkTests(SynchronousTestCase):
-    """Writing call objects to tables, and listing them."""
+    queue_instance = ""
 
     def setUp(self) -> None:
-        folder = Path(tempfile.mkdtemp(prefix="rf-player-db-"))
-        self.addCleanup(shutil.rmtree, folder, True)
-        self.path = folder / "sink.sqlite3"
+        self.folder = temp_folder(self, "rf-player-db-")
+        self.path = self.folder / "sink.sqlite3"
         self.reactor = SynchronousReactor()
         self.reactor.advance(NOW)
+        self.next_id = 1
         self.sink = self.make_sink()
 
     def make_sink(self, ttl: int = 0) -> DbSink:
-        config = PlayerSinkConfig(
-            name="store",
-            id="store",
-            type="db",
-            settings=DbSinkSettings(
-                database=self.path, listen=None, static_dir=None, row_ttl_seconds=ttl
-            ),
-            metadata={},
-            key_path="sinks[0]",
+        return make_db_sink(
+            self,
+            self.reactor,
+            self.path,
+            ttl=ttl,
+            queue_instance=self.queue_instance,
         )
-        self.pool = open_pool(self.path, self.reactor)
-        self.pool.threadpool = SynchronousThreadPool()
-        sink = DbSink(config, self.reactor, pool=self.pool)
-        self.successResultOf(sink.start())
-        self.addCleanup(sink.stop)
-        return sink
 
-    def deliver(self, *events: str) -> None:
-        self.successResultOf(self.sink.deliver(list(events)))
+    def deliver(self, *contents: str) -> list[Outcome]:
+        """Deliver C{contents} as the next events of the queue."""
+        events = queued(*contents, first=self.next_id)
+        self.next_id += len(contents)
+        return self.successResultOf(self.sink.deliver(events))
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         """Read C{table} with a separate connection, as another reader would."""
@@ -123,27 +85,32 @@ class DbSinkTests(SynchronousTestCase):
             connection.close()
         return {row[1]: row[2] for row in info}
 
-    def list_rows(self, table: str) -> tuple[int, Any, Any]:
-        """GET C{/rpf-db/<table>} through the sink's own API."""
-        stub = StubTreq(self.sink.resource())
-        response = self.successResultOf(stub.get(f"http://sink/rpf-db/{table}"))
-        body = self.successResultOf(stub.json_content(response))
-        return response.code, body, response.headers
+    def schema_names(self) -> set[str]:
+        connection = sqlite3.connect(self.path)
+        try:
+            return {
+                row[0] for row in connection.execute("SELECT name FROM sqlite_master")
+            }
+        finally:
+            connection.close()
+
+
+class DbSinkWriteTests(DbSinkTestCase):
+    """Writing call objects to tables."""
 
     def test_upsert_by_id(self) -> None:
         """A second POST with the same id replaces the row, as in the Go player."""
-        self.deliver(
+        outcomes = self.deliver(
             call("POST", "/users", {"id": "u1", "name": "Ann", "city": "Oslo"}),
             call("PUT", "/rpf-db/users", {"id": "u1", "name": "Bob"}),
             call("POST", "/users", {"id": "u2", "name": "Cy"}),
         )
+        self.assertEqual(outcomes, [DELIVERED] * 3)
         rows = self.rows("users")
         self.assertEqual(
             [(r["id"], r["name"]) for r in rows], [("u1", "Bob"), ("u2", "Cy")]
         )
         self.assertIsNone(rows[0]["city"])
-        self.assertEqual(self.sink.stats.received, 3)
-        self.assertEqual(self.sink.stats.delivered, 3)
 
     def test_base_columns(self) -> None:
         """Rows carry a file-wide C{_rpf_id} sequence and the time of writing."""
@@ -161,23 +128,44 @@ class DbSinkTests(SynchronousTestCase):
         self.assertEqual(types["id"], "TEXT")
         self.assertEqual(types["_rpf_id"], "INTEGER")
 
-    def test_columns_added_with_first_type(self) -> None:
-        """New keys become columns typed by their first non-null value."""
-        self.deliver(call("POST", "/t", {"id": 1, "name": "n"}))
+    def test_schema_drift_in_batches(self) -> None:
+        """
+        A column keeps the type of its first non-null value while later
+        batches change its values' kinds, add columns and start with nulls:
+        every value is stored, nested ones as JSON text.
+        """
+        self.deliver(call("POST", "/drift", {"id": 1, "v": "a"}))
+        self.deliver(call("POST", "/drift", {"id": 2, "v": 5, "ok": True}))
         self.deliver(
-            call(
-                "POST",
-                "/t",
-                {"id": 2, "age": 31, "score": 1.5, "active": True, "note": None},
-            )
+            call("POST", "/drift", {"id": 3, "v": {"k": [1, None]}, "n": None})
         )
-        types = self.column_types("t")
-        self.assertEqual(types["age"], "INTEGER")
-        self.assertEqual(types["score"], "REAL")
-        self.assertEqual(types["active"], "BOOLEAN")
-        self.assertNotIn("note", types)
-        self.assertEqual(self.rows("t")[1]["active"], 1)
-        self.assertEqual([row["id"] for row in self.rows("t")], ["1", "2"])
+        self.deliver(
+            call("POST", "/drift", {"id": 4, "late": None}),
+            call("POST", "/drift", {"id": 5, "late": 2.5, "n": "now"}),
+        )
+        types = self.column_types("drift")
+        self.assertEqual(types["v"], "TEXT")
+        self.assertEqual(types["ok"], "BOOLEAN")
+        self.assertEqual(types["late"], "REAL")
+        self.assertEqual(types["n"], "TEXT")
+        rows = {row["id"]: row for row in self.rows("drift")}
+        self.assertEqual(rows["1"]["v"], "a")
+        self.assertEqual(rows["2"]["v"], "5")
+        self.assertEqual(rows["2"]["ok"], 1)
+        self.assertEqual(json.loads(rows["3"]["v"]), {"k": [1, None]})
+        self.assertIsNone(rows["3"]["n"])
+        self.assertIsNone(rows["4"]["late"])
+        self.assertEqual(rows["5"]["late"], 2.5)
+        self.assertEqual(rows["5"]["n"], "now")
+
+    def test_column_first_seen_late(self) -> None:
+        """A key first seen in the 1,000th event of a batch becomes a column."""
+        events = [call("POST", "/late", {"id": n}) for n in range(999)]
+        events.append(call("POST", "/late", {"id": 999, "extra": "x"}))
+        self.assertEqual(self.deliver(*events), [DELIVERED] * 1000)
+        rows = self.rows("late")
+        self.assertEqual(len(rows), 1000)
+        self.assertEqual(rows[-1]["extra"], "x")
 
     def test_snake_case_columns(self) -> None:
         """JSON keys are snake_cased the way the Go player did it."""
@@ -194,6 +182,51 @@ class DbSinkTests(SynchronousTestCase):
         )
         self.assertEqual(snake_case("already_snake"), "already_snake")
 
+    def test_colliding_keys_keep_every_value(self) -> None:
+        """
+        Keys landing on the same column each keep their value: the key spelled
+        as the column keeps it, the others get a digest suffix, in any order.
+        """
+        body = {"userID": 1, "user_id": 2, "Name": "a", "NAME": "b", 'x"y': 3}
+        body["x]y"] = 4
+        self.deliver(call("POST", "/c", body))
+        reordered = dict(reversed(list(body.items())))
+        reordered["id"] = "second"
+        self.deliver(call("POST", "/c", reordered))
+        first, second = self.rows("c")
+        mapping = column_names(body)
+        self.assertEqual(mapping["user_id"], "user_id")
+        self.assertEqual(mapping["NAME"], "name")
+        self.assertEqual(mapping['x"y'], "xy")
+        for key, value in body.items():
+            self.assertEqual(first[mapping[key]], value, key)
+            self.assertEqual(second[mapping[key]], value, key)
+        self.assertEqual(len(set(mapping.values())), len(body))
+        self.assertRegex(mapping["userID"], r"^user_id_[0-9a-f]{8}$")
+
+    def test_keys_without_letters(self) -> None:
+        """Keys that snake_case empties get a hex name instead of vanishing."""
+        self.deliver(call("POST", "/h", {"é": 1, "!!!": 2, "": 3}))
+        [row] = self.rows("h")
+        self.assertEqual(row["k_c3a9"], 1)
+        self.assertEqual(row["k_212121"], 2)
+        self.assertEqual(row["k_"], 3)
+        self.assertEqual(base_column("x" * 100)[:49], "x" * 48 + "_")
+
+    def test_internal_column_keys_renamed(self) -> None:
+        """A body's C{_rpf_id} does not overwrite ours; it is kept aside."""
+        self.deliver(call("POST", "/r", {"_rpf_id": "mine"}))
+        [row] = self.rows("r")
+        self.assertEqual(row["_rpf_id"], 1)
+        renamed = column_names(["_rpf_id"])["_rpf_id"]
+        self.assertEqual(row[renamed], "mine")
+
+    def test_sql_keywords_and_spaces(self) -> None:
+        """Keys that are SQL keywords are quoted; spaces are removed."""
+        self.deliver(call("POST", "/k", {"select": 1, "from": 2, "my key": 3}))
+        [row] = self.rows("k")
+        self.assertEqual((row["select"], row["from"], row["mykey"]), (1, 2, 3))
+
     def test_nested_values_as_json_text(self) -> None:
         """Objects and arrays are stored as their JSON text."""
         self.deliver(call("POST", "/t", {"tags": ["a", "b"], "meta": {"k": 1}}))
@@ -202,61 +235,54 @@ class DbSinkTests(SynchronousTestCase):
         self.assertEqual(json.loads(row["meta"]), {"k": 1})
 
     def test_timestamp_normalized(self) -> None:
-        """A C{timestamp} in milliseconds or RFC 3339 is stored in seconds."""
+        """Every form of C{timestamp} is stored as Unix seconds."""
+        stamps = {
+            "s": NOW,
+            "ms": NOW * 1000 + 456,
+            "us": NOW * 1_000_000,
+            "ns": NOW * 1_000_000_000,
+            "rfc": "2023-11-14T22:13:20Z",
+            "clf": "14/Nov/2023:23:13:20 +0100",
+            "none": None,
+        }
         self.deliver(
-            call("POST", "/t", {"id": "ms", "timestamp": 1_700_000_123_456}),
-            call("POST", "/t", {"id": "text", "timestamp": "2023-11-14T22:13:20Z"}),
-            call("POST", "/t", {"id": "none"}),
+            *[
+                call("POST", "/ts", {"id": key, "timestamp": value})
+                for key, value in stamps.items()
+            ]
         )
-        stamps = {row["id"]: row["timestamp"] for row in self.rows("t")}
-        self.assertEqual(stamps, {"ms": 1_700_000_123, "text": NOW, "none": NOW})
+        stored = {row["id"]: row["timestamp"] for row in self.rows("ts")}
+        self.assertEqual(stored, {key: NOW for key in stamps})
+
+    def test_indexes_on_id_like_columns(self) -> None:
+        """Columns named like ids, statuses or timestamps get an index."""
+        self.deliver(call("POST", "/ix", {"user_id": 1, "status": "ok", "note": "n"}))
+        names = self.schema_names()
+        self.assertIn("idx_ix_user_id", names)
+        self.assertIn("idx_ix_status", names)
+        self.assertIn("idx_ix_timestamp", names)
+        self.assertNotIn("idx_ix_note", names)
 
     def test_delete_by_id(self) -> None:
         """DELETE removes the row with the body's id; other rows stay."""
-        self.deliver(
+        outcomes = self.deliver(
             call("POST", "/t", {"id": "a"}),
             call("POST", "/t", {"id": "b"}),
             call("DELETE", "/t", {"id": "a"}),
             call("DELETE", "/never-written", {"id": "a"}),
         )
         self.assertEqual([row["id"] for row in self.rows("t")], ["b"])
-        self.assertEqual(self.sink.stats.delivered, 4)
+        self.assertEqual(outcomes, [DELIVERED] * 4)
 
     def test_delete_without_id(self) -> None:
-        """A DELETE without an id is dropped and counted."""
-        self.deliver(call("POST", "/t", {"id": "a"}), call("DELETE", "/t", {}))
+        """A DELETE without an id is rejected with its reason."""
+        outcomes = self.deliver(
+            call("POST", "/t", {"id": "a"}), call("DELETE", "/t", {})
+        )
         self.assertEqual(len(self.rows("t")), 1)
-        self.assertEqual(self.sink.stats.dropped["missing_id"], 1)
-
-    def test_bad_table_names(self) -> None:
-        """
-        Paths that do not name a table are dropped and counted; the valid
-        events of the same batch are stored.
-        """
-        bad = ["/", "/bad name", '/t";DROP TABLE t;--', "/a/b", "/sqlite_master", "/é"]
-        self.deliver(
-            call("POST", "/t", {"id": "kept"}),
-            *[call("POST", path, {"id": "x"}) for path in bad],
+        self.assertEqual(
+            outcomes[1], Rejected("missing_id", "DELETE on t without an id")
         )
-        self.assertEqual([row["id"] for row in self.rows("t")], ["kept"])
-        self.assertEqual(self.sink.stats.dropped["bad_table"], len(bad))
-        self.assertEqual(table_from_path("/rpf-db/my-table_2"), "my-table_2")
-        self.assertRaises(DropEvent, table_from_path, "/rpf-db/")
-
-    def test_unusable_events(self) -> None:
-        """Events that are not call objects, or not writes, are counted."""
-        self.deliver(
-            "not json",
-            json.dumps(["a list"]),
-            call("GET", "/t", {"id": "x"}),
-            call("POST", "/t", "[1, 2]"),
-            call("POST", "/t", {"id": "ok"}),
-        )
-        dropped = self.sink.stats.dropped
-        self.assertEqual(dropped["unparseable"], 2)
-        self.assertEqual(dropped["unsupported_method"], 1)
-        self.assertEqual(dropped["bad_body"], 1)
-        self.assertEqual([row["id"] for row in self.rows("t")], ["ok"])
 
     def test_base64_body(self) -> None:
         """A base64 body is decoded before it is read as JSON."""
@@ -271,26 +297,6 @@ class DbSinkTests(SynchronousTestCase):
         )
         self.assertIn("x_textdroptablet", self.column_types("t"))
         self.assertEqual(len(self.rows("t")), 1)
-
-    def test_failed_batch_commits_nothing(self) -> None:
-        """
-        When the database itself refuses a write, the whole delivery fails,
-        nothing of it stays, and delivering it again works.
-        """
-        self.deliver(call("POST", "/t", {"id": "before"}))
-        [connection] = self.pool.connections.values()
-        connection.execute("PRAGMA query_only = 1")
-        events = [call("POST", "/fresh", {"id": "a", "v": 1}), call("POST", "/t", {})]
-        failure = self.failureResultOf(self.sink.deliver(events))
-        self.assertIsInstance(failure.value, sqlite3.OperationalError)
-        self.assertEqual(self.sink.stats.failures, 1)
-        self.assertEqual(self.sink.stats.delivered, 1)
-        self.assertEqual(self.column_types("fresh"), {})
-
-        connection.execute("PRAGMA query_only = 0")
-        self.deliver(*events)
-        self.assertEqual([row["v"] for row in self.rows("fresh")], [1])
-        self.assertEqual(len(self.rows("t")), 2)
 
     def test_go_era_table(self) -> None:
         """
@@ -313,30 +319,6 @@ class DbSinkTests(SynchronousTestCase):
             [("old", 41), ("new", 42)],
         )
 
-    def test_list_rows(self) -> None:
-        """C{GET /rpf-db/<table>} answers the rows as JSON objects."""
-        self.deliver(
-            call("POST", "/users", {"id": "u1", "name": "Ann"}),
-            call("POST", "/users", {"id": "u2", "name": "Bob", "tags": ["x"]}),
-        )
-        code, body, headers = self.list_rows("users")
-        self.assertEqual(code, 200)
-        self.assertEqual(
-            [(row["id"], row["name"]) for row in body], [("u1", "Ann"), ("u2", "Bob")]
-        )
-        self.assertEqual(json.loads(body[1]["tags"]), ["x"])
-        self.assertEqual(body[0]["_rpf_last_updated_idx"], NOW)
-        self.assertEqual(headers.getRawHeaders(b"Content-Type"), [b"application/json"])
-
-    def test_list_unknown_table(self) -> None:
-        """An unknown or invalid table name answers 404 with a JSON message."""
-        self.deliver(call("POST", "/users", {"id": "u1"}))
-        for table in ["nope", "sqlite_master", 'users"--', "users%20x"]:
-            code, body, _ = self.list_rows(table)
-            self.assertEqual(code, 404, table)
-            self.assertIn("no table named", body["error"])
-        self.assertEqual(len(self.rows("users")), 1)
-
     def test_row_ttl(self) -> None:
         """With C{row_ttl_sec}, rows not written for that long are removed."""
         self.successResultOf(self.sink.stop())
@@ -347,6 +329,172 @@ class DbSinkTests(SynchronousTestCase):
         self.reactor.advance(30)
         self.assertEqual([row["id"] for row in self.rows("t")], ["recent"])
         self.assertEqual(self.sink.stats.expired, 1)
+
+
+class DbSinkBadEventTests(DbSinkTestCase):
+    """One bad event costs only itself, never the batch or the sink."""
+
+    def assert_isolated(self, bad: str, reason: str, detail: str) -> None:
+        """
+        C{bad}, between two valid events, is rejected with C{reason} and a
+        detail containing C{detail}; the valid events are stored.
+        """
+        outcomes = self.deliver(
+            call("POST", "/kept", {"id": "before"}),
+            bad,
+            call("POST", "/kept", {"id": "after"}),
+        )
+        self.assertEqual(outcomes[0], DELIVERED)
+        self.assertEqual(outcomes[2], DELIVERED)
+        rejected = outcomes[1]
+        assert isinstance(rejected, Rejected), rejected
+        self.assertEqual(rejected.reason, reason)
+        self.assertIn(detail, rejected.detail)
+        self.assertEqual(
+            [row["id"] for row in self.rows("kept")][-2:], ["before", "after"]
+        )
+
+    def test_sqlite_built_in_table_names(self) -> None:
+        """
+        Tables named like SQLite's own table-valued functions are refused,
+        and the sink goes on.
+        """
+        for table in [
+            "pragma_database_list",
+            "pragma_table_list",
+            "PRAGMA_foo",
+            "json_each",
+            "json_tree",
+            "dbstat",
+            "sqlite_master",
+            "_rpf_queue_marks",
+        ]:
+            self.assert_isolated(
+                call("POST", f"/{table}", {"id": "x"}), "bad_table", table
+            )
+        names = {name.lower() for name in self.schema_names()}
+        self.assertFalse({"json_each", "dbstat", "pragma_database_list"} & names)
+
+    def test_table_named_like_an_index(self) -> None:
+        """A table named like an index the sink made is refused."""
+        self.deliver(call("POST", "/test", {"id": "a"}))
+        self.assertIn("idx_test_timestamp", self.schema_names())
+        self.assert_isolated(
+            call("POST", "/idx_test_timestamp", {"id": "x"}),
+            "bad_table",
+            "existing index",
+        )
+
+    def test_index_named_like_a_table(self) -> None:
+        """An index whose name a user table took is skipped, not an error."""
+        self.deliver(call("POST", "/idx_u_timestamp", {"id": "first"}))
+        outcomes = self.deliver(call("POST", "/u", {"id": "a"}))
+        self.assertEqual(outcomes, [DELIVERED])
+        self.assertEqual([row["id"] for row in self.rows("u")], ["a"])
+
+    def test_too_many_columns(self) -> None:
+        """A body with more keys than SQLite allows columns is rejected alone."""
+        body = {f"k{number}": number for number in range(2100)}
+        self.assert_isolated(call("POST", "/kept", body), "too_many_columns", "2000")
+        self.assertNotIn("k5", self.column_types("kept"))
+
+    def test_database_refusing_a_row(self) -> None:
+        """A row the database itself refuses (a constraint) is rejected alone."""
+        connection = sqlite3.connect(self.path)
+        connection.execute(
+            "CREATE TABLE checked (id TEXT PRIMARY KEY, _rpf_last_updated_idx"
+            " INTEGER, _rpf_id INTEGER, n INTEGER CHECK (n > 0))"
+        )
+        connection.commit()
+        connection.close()
+        self.assert_isolated(
+            call("POST", "/checked", {"n": -1}), "db_error", "CHECK constraint"
+        )
+
+    def test_bad_table_names(self) -> None:
+        """Paths that do not name a table are rejected; the rest is stored."""
+        for path in ["/", "/bad name", '/t";DROP TABLE t;--', "/a/b", "/é"]:
+            self.assert_isolated(call("POST", path, {"id": "x"}), "bad_table", "")
+        self.assertEqual(table_from_path("/rpf-db/my-table_2"), "my-table_2")
+        self.assertRaises(DropEvent, table_from_path, "/rpf-db/")
+
+    def test_unusable_events(self) -> None:
+        """Events that are not call objects, or not writes, are rejected."""
+        for event, reason in [
+            ("not json", "unparseable"),
+            (json.dumps(["a list"]), "unparseable"),
+            (call("GET", "/t", {"id": "x"}), "unsupported_method"),
+            (call("POST", "/t", "[1, 2]"), "bad_body"),
+            (call("POST", "/t", "[" * 100_000), "bad_body"),
+        ]:
+            self.assert_isolated(event, reason, "")
+
+    def test_storage_failure_fails_the_batch(self) -> None:
+        """
+        When the storage itself refuses writes (read-only, full), the whole
+        delivery fails, nothing of it stays, and delivering it again works.
+        """
+        self.deliver(call("POST", "/t", {"id": "before"}))
+        [connection] = self.sink._pool.connections.values()
+        events = queued(
+            call("POST", "/fresh", {"id": "a", "v": 1}),
+            call("POST", "/t", {}),
+            first=100,
+        )
+        for breaking, mending in [
+            ("PRAGMA query_only = 1", "PRAGMA query_only = 0"),
+            ("PRAGMA max_page_count = 1", "PRAGMA max_page_count = 1000000"),
+        ]:
+            connection.execute(breaking)
+            failure = self.failureResultOf(self.sink.deliver(events))
+            self.assertIsInstance(failure.value, sqlite3.OperationalError)
+            self.assertEqual(self.column_types("fresh"), {})
+            connection.execute(mending)
+        self.assertEqual(
+            self.successResultOf(self.sink.deliver(events)), [DELIVERED] * 2
+        )
+        self.assertEqual([row["v"] for row in self.rows("fresh")], [1])
+        self.assertEqual(len(self.rows("t")), 2)
+
+
+class DbSinkQueueMarkTests(DbSinkTestCase):
+    """With a queue instance, a batch applied once is not applied again."""
+
+    queue_instance = "queue-a"
+
+    def test_batch_offered_again_is_not_applied_twice(self) -> None:
+        """
+        Events with ids already applied (a crash between the sink's commit
+        and the queue's) are answered delivered without a second write.
+        """
+        events = queued(call("POST", "/t", {"v": 1}), call("POST", "/t", {"v": 2}))
+        self.successResultOf(self.sink.deliver(events))
+        again = [*events, QueuedEvent(3, call("POST", "/t", {"v": 3}))]
+        self.assertEqual(
+            self.successResultOf(self.sink.deliver(again)), [DELIVERED] * 3
+        )
+        self.assertEqual([row["v"] for row in self.rows("t")], [1, 2, 3])
+
+    def test_mark_survives_a_restart(self) -> None:
+        """The mark is in the database: a new sink on the file respects it."""
+        self.successResultOf(self.sink.deliver(queued(call("POST", "/t", {"v": 1}))))
+        self.successResultOf(self.sink.stop())
+        self.sink = self.make_sink()
+        self.successResultOf(self.sink.deliver(queued(call("POST", "/t", {"v": 1}))))
+        self.assertEqual(len(self.rows("t")), 1)
+
+    def test_other_queue_file_ignores_the_mark(self) -> None:
+        """Ids of a queue file made afresh are not judged by the old mark."""
+        self.successResultOf(self.sink.deliver(queued(call("POST", "/t", {"v": 1}))))
+        self.successResultOf(self.sink.stop())
+        self.queue_instance = "queue-b"
+        self.sink = self.make_sink()
+        self.successResultOf(self.sink.deliver(queued(call("POST", "/t", {"v": 2}))))
+        self.assertEqual([row["v"] for row in self.rows("t")], [1, 2])
+        connection = sqlite3.connect(self.path)
+        self.addCleanup(connection.close)
+        marks = connection.execute("SELECT * FROM _rpf_queue_marks").fetchall()
+        self.assertEqual(marks, [("store", "queue-b", 1)])
 
 
 class TimestampTests(SynchronousTestCase):

@@ -1,11 +1,12 @@
 """
 Tests for L{replayforge.player.puller}: the pull loop of one bucket, against
 the relay's real HTTP API (L{replayforge.relay.api.RelayAPI}) over an
-in-memory bucket, on a L{Clock}.
+in-memory bucket, committing to a real queue file, on a L{Clock}.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,56 +18,62 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from replayforge.backoff import Backoff
 from replayforge.lua import Emitted, ScriptFailure
-from replayforge.player.config import (
-    PlayerConfig,
-    PlayerSinkConfig,
-    PlayerSourceConfig,
-)
+from replayforge.player.config import PlayerConfig, PlayerSourceConfig
 from replayforge.player.processing import FanOut
 from replayforge.player.puller import BucketPuller
-from replayforge.player.sinks.base import Sink
-from replayforge.player.sinks.settings import HttpSinkSettings
+from replayforge.player.queue import PlayerQueue
 from replayforge.relay.api import RelayAPI
 from replayforge.relay.bucket import Record
 from replayforge.relay.config import BucketConfig, RelayConfig
 from replayforge.relay.stats import RelayStats
+from tests.player_support import (
+    SynchronousReactor,
+    make_queue,
+    player_config,
+    temp_folder,
+)
 
 TOKEN = "bucket-token"
 HOOK_INTERVAL = 1.0
 
 
-def player_config(
-    source: PlayerSourceConfig, sink: Sink, wait: float = 10.0, limit: int = 100
-) -> PlayerConfig:
-    """A player configuration pulling C{source} into C{sink}."""
-    return PlayerConfig(
-        source_file="player.yaml",
-        relay_url="http://relay.test/",
-        relay_url_statusz="",
-        env_name="prod",
-        host_name="player-1",
-        sources=(source,),
-        sinks=(sink.config,),
-        listen=None,
-        listen_status=None,
-        static_folder=None,
-        http_username="",
-        http_password="",
-        poll_limit=limit,
-        poll_wait_seconds=wait,
-        tsnet_hostname="",
-        listen_using_tailscale=False,
+def source_config(
+    token: str = TOKEN, sinks: tuple[str, ...] = ("out",)
+) -> PlayerSourceConfig:
+    """The source pulling bucket C{logs}."""
+    return PlayerSourceConfig(
+        name="logs",
+        bearer=token,
+        transform_script=None,
+        sinks=sinks,
+        hook_interval=HOOK_INTERVAL,
+        key_path="sources[0]",
     )
+
+
+def config_for(
+    source: PlayerSourceConfig, wait: float = 10.0, limit: int = 100
+) -> PlayerConfig:
+    """A player configuration pulling C{source}."""
+    return player_config(sources=(source,), poll_wait_seconds=wait, poll_limit=limit)
 
 
 class MemoryBucket:
     """
     A relay bucket in memory, with the methods L{RelayAPI} calls.
 
-    @ivar journal: shared with the sinks, to check the order of events.
+    @ivar journal: the requests the relay served, in order.
+    @ivar reuse_ids: start ids again from 1 once the bucket is empty, as a
+        Go relay does.
     """
 
-    def __init__(self, name: str, clock: Clock, journal: list[Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        clock: Clock,
+        journal: list[Any],
+        reuse_ids: bool = False,
+    ) -> None:
         self.config = BucketConfig(
             name=name, auth=TOKEN, db_max_size_kb=0, ttl_seconds=0
         )
@@ -75,6 +82,7 @@ class MemoryBucket:
         self.is_full = False
         self.fail_acknowledgements = 0
         self._next_id = 1
+        self.reuse_ids = reuse_ids
         self._clock = clock
         self._journal = journal
         self._waiters: list[tuple[Deferred[None], IDelayedCall]] = []
@@ -84,6 +92,8 @@ class MemoryBucket:
         return self.config.name
 
     def add(self, *contents: str) -> None:
+        if self.reuse_ids and not self.records:
+            self._next_id = 1
         for content in contents:
             self.records.append(Record(id=self._next_id, content=content))
             self._next_id += 1
@@ -122,33 +132,6 @@ class MemoryBucket:
         return succeed(before - len(self.records))
 
 
-class ScriptedSink(Sink):
-    """A sink whose deliveries succeed, fail, or wait, as the test says."""
-
-    def __init__(self, name: str, journal: list[Any]) -> None:
-        super().__init__(
-            PlayerSinkConfig(
-                name=name,
-                id=name,
-                type="http",
-                settings=HttpSinkSettings("http://unused", 1.0, 0),
-                metadata={},
-                key_path="sinks[0]",
-            )
-        )
-        self.journal = journal
-        self.outcomes: list[Exception | Deferred[None] | None] = []
-
-    def deliver(self, events: list[str]) -> Deferred[None]:
-        self.journal.append(("deliver", self.name, list(events)))
-        outcome = self.outcomes.pop(0) if self.outcomes else None
-        if isinstance(outcome, Deferred):
-            return outcome
-        if isinstance(outcome, Exception):
-            return fail(outcome)
-        return succeed(None)
-
-
 class CountingScript:
     """A processor that upper-cases contents, fails on C{bad}, counts calls."""
 
@@ -168,8 +151,25 @@ class CountingScript:
         return [(self.target, "tick")]
 
 
+def queued_contents(queue: PlayerQueue, sink: str = "out") -> list[str]:
+    """What waits in C{sink}'s queue, in order."""
+    path = queue.path
+    connection = sqlite3.connect(path)
+    try:
+        rows = connection.execute(
+            "SELECT content FROM queued_events WHERE sink = ? ORDER BY id", (sink,)
+        ).fetchall()
+    finally:
+        connection.close()
+    return [row[0] for row in rows]
+
+
 class OddRelayTests(SynchronousTestCase):
     """A relay answering what ours never would."""
+
+    def setUp(self) -> None:
+        self.reactor = SynchronousReactor()
+        self.queue = make_queue(self, self.reactor, temp_folder(self))
 
     def test_unusable_records_counted(self) -> None:
         """
@@ -188,53 +188,52 @@ class OddRelayTests(SynchronousTestCase):
                 return 200, {}, b"1 records deleted successfully"
             return 404, {}, b"[]"
 
-        clock = Clock()
-        journal: list[Any] = []
-        sink = ScriptedSink("out", journal)
-        source = PlayerSourceConfig("logs", TOKEN, None, ("out",), 1.0, "sources[0]")
+        source = source_config()
         puller = BucketPuller(
-            player_config(source, sink, wait=0.0),
+            config_for(source, wait=0.0),
             source,
             FanOut(("out",)),
-            {"out": sink},
+            ["out"],
+            self.queue,
             StubTreq(StringStubbingResource(answer)),
-            clock,
+            self.reactor,
         )
         puller.start()
         self.addCleanup(puller.stop)
         self.assertEqual(puller.stats.dropped["invalid_record"], 2)
         self.assertEqual(requests[1], (b"DELETE", b'{"ids": ["5"]}'))
-        self.assertEqual(journal, [])
+        self.assertEqual(queued_contents(self.queue), [])
 
     def test_invalid_json_backs_off(self) -> None:
         """A body that is not a JSON array is a relay failure: back off."""
-        clock = Clock()
         resource = StringStubbingResource(lambda *_: (200, {}, b"<html>"))
-        sink = ScriptedSink("out", [])
-        source = PlayerSourceConfig("logs", TOKEN, None, ("out",), 1.0, "sources[0]")
+        source = source_config()
         puller = BucketPuller(
-            player_config(source, sink),
+            config_for(source),
             source,
             FanOut(("out",)),
-            {"out": sink},
+            ["out"],
+            self.queue,
             StubTreq(resource),
-            clock,
+            self.reactor,
             backoff=Backoff(initial=4.0, rng=lambda: 0.0),
         )
         puller.start()
         self.addCleanup(puller.stop)
         self.assertEqual(puller.stats.pull_errors, 1)
-        clock.advance(2.0)
+        self.reactor.advance(2.0)
         self.assertEqual(puller.stats.pull_errors, 2)
 
 
 class BucketPullerTests(SynchronousTestCase):
-    """One bucket's pull, process, deliver and acknowledge loop."""
+    """One bucket's pull, process, queue and acknowledge loop."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
+        self.reactor = SynchronousReactor()
+        self.folder = temp_folder(self)
+        self.queue = make_queue(self, self.reactor, self.folder, max_events=50)
         self.journal: list[Any] = []
-        self.bucket = MemoryBucket("logs", self.clock, self.journal)
+        self.bucket = MemoryBucket("logs", self.reactor, self.journal)
         relay_config = RelayConfig(
             buckets={"logs": self.bucket.config},
             listen="tcp:0",
@@ -250,10 +249,9 @@ class BucketPullerTests(SynchronousTestCase):
             relay_config,
             {"logs": self.bucket},  # type: ignore[dict-item]
             self.relay_stats,
-            self.clock,
+            self.reactor,
         )
         self.stub = StubTreq(api.app.resource())
-        self.sink = ScriptedSink("out", self.journal)
         self.script = CountingScript()
 
     def make_puller(
@@ -262,23 +260,18 @@ class BucketPullerTests(SynchronousTestCase):
         token: str = TOKEN,
         processor: Any = None,
         limit: int = 100,
+        queue: PlayerQueue | None = None,
+        sinks: tuple[str, ...] = ("out",),
     ) -> BucketPuller:
-        source = PlayerSourceConfig(
-            name="logs",
-            bearer=token,
-            transform_script=None,
-            sinks=("out",),
-            hook_interval=HOOK_INTERVAL,
-            key_path="sources[0]",
-        )
-        config = player_config(source, self.sink, wait=wait, limit=limit)
+        source = source_config(token)
         puller = BucketPuller(
-            config,
+            config_for(source, wait=wait, limit=limit),
             source,
             processor if processor is not None else self.script,
-            {"out": self.sink},
+            sinks,
+            queue or self.queue,
             self.stub,
-            self.clock,
+            self.reactor,
             backoff=Backoff(initial=2.0, maximum=8.0, rng=lambda: 0.0),
         )
         self.addCleanup(self.stop, puller)
@@ -297,77 +290,122 @@ class BucketPullerTests(SynchronousTestCase):
             kinds.pop()
         return kinds
 
-    def test_pull_deliver_then_acknowledge(self) -> None:
+    def test_pull_queue_then_acknowledge(self) -> None:
         """
-        A batch is processed, delivered, and acknowledged only once the sink
-        fired its delivery.
+        A batch is processed, committed to the queue, then acknowledged; the
+        marks of its records are forgotten once the relay confirms.
         """
         self.bucket.add("a", "b", "c")
-        delivery: Deferred[None] = Deferred()
-        self.sink.outcomes = [delivery]
         puller = self.make_puller()
         puller.start()
-
-        self.assertEqual(self.steps(), ["first-batch", "deliver"])
-        self.assertEqual(self.journal[1], ("deliver", "out", ["A", "B", "C"]))
-        self.assertEqual(len(self.bucket.records), 3)
-
-        delivery.callback(None)
-        self.assertEqual(self.steps(), ["first-batch", "deliver", "acknowledge"])
-        self.assertEqual(self.journal[2], ("acknowledge", [1, 2, 3]))
+        self.assertEqual(self.steps(), ["first-batch", "acknowledge"])
+        self.assertEqual(self.journal[1], ("acknowledge", [1, 2, 3]))
+        self.assertEqual(queued_contents(self.queue), ["A", "B", "C"])
         self.assertEqual(self.bucket.records, [])
+        self.assertFalse(self.queue.recognise("logs", 1, "a"))
         self.assertEqual(puller.stats.received, 3)
+        self.assertEqual(puller.stats.emitted, 3)
         self.assertEqual(puller.stats.acknowledged, 3)
 
-    def test_failed_delivery_is_retried_not_acknowledged(self) -> None:
+    def test_failed_commit_is_not_acknowledged(self) -> None:
         """
-        A sink that fails gets the same events again after a backoff; the
-        script is not run again and nothing is acknowledged before.
+        When the queue cannot commit, nothing is acknowledged; the batch is
+        pulled and processed again after a backoff, and queued once.
         """
         self.bucket.add("a", "b")
-        self.sink.outcomes = [OSError("disk full"), OSError("still full")]
+        connection = self.queue.pool.connect()
+        connection.execute("PRAGMA query_only = 1")
         puller = self.make_puller()
         puller.start()
+        self.assertEqual(self.steps(), ["first-batch"])
+        self.assertEqual(puller.stats.pull_errors, 1)
+        self.assertEqual(len(self.bucket.records), 2)
+        connection.execute("PRAGMA query_only = 0")
+        self.reactor.advance(1.0)
+        self.assertEqual(self.steps(), ["first-batch", "first-batch", "acknowledge"])
+        self.assertEqual(queued_contents(self.queue), ["A", "B"])
+        self.flushLoggedErrors(sqlite3.OperationalError)
 
-        self.assertEqual(self.steps(), ["first-batch", "deliver"])
-        self.clock.advance(0.99)
-        self.assertEqual(self.steps(), ["first-batch", "deliver"])
-        self.clock.advance(0.01)
-        self.assertEqual(self.steps(), ["first-batch", "deliver", "deliver"])
-        self.clock.advance(1.99)
-        self.assertEqual(self.steps().count("deliver"), 2)
-        self.clock.advance(0.01)
-        self.assertEqual(
-            self.steps(),
-            ["first-batch", "deliver", "deliver", "deliver", "acknowledge"],
-        )
-        deliveries = [entry[2] for entry in self.journal if entry[0] == "deliver"]
-        self.assertEqual(deliveries, [["A", "B"]] * 3)
-        self.assertEqual(self.script.calls, ["a", "b"])
-        self.assertEqual(self.bucket.records, [])
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
-
-    def test_only_failed_sinks_get_events_again(self) -> None:
-        """With two sinks, only the one that failed is given the events again."""
-        other = ScriptedSink("other", self.journal)
-        other.outcomes = [OSError("down")]
-        self.bucket.add("to:out", "to:other")
+    def test_redelivered_records_are_recognised(self) -> None:
+        """
+        When the acknowledgement fails, the records come again: they are
+        acknowledged without being processed or queued a second time.
+        """
+        self.bucket.add("a", "b")
+        self.bucket.fail_acknowledgements = 1
         puller = self.make_puller()
-        puller._sinks = {"out": self.sink, "other": other}
         puller.start()
-        self.clock.advance(1.0)
-        delivered = [entry[1] for entry in self.journal if entry[0] == "deliver"]
-        self.assertEqual(delivered, ["out", "other", "other"])
-        self.assertEqual(self.steps()[-1], "acknowledge")
+        self.assertEqual(self.steps(), ["first-batch"])
+        self.assertEqual(len(self.bucket.records), 2)
+
+        self.bucket.add("c")
+        self.reactor.advance(1.0)
+        self.assertEqual(self.steps(), ["first-batch", "first-batch", "acknowledge"])
+        self.assertEqual(self.journal[2], ("acknowledge", [1, 2, 3]))
+        self.assertEqual(self.script.calls, ["a", "b", "c"])
+        self.assertEqual(queued_contents(self.queue), ["A", "B", "C"])
+        self.assertEqual(puller.stats.redelivered, 2)
+        self.assertEqual(puller.stats.pull_errors, 1)
         self.flushLoggedErrors(OSError)
+
+    def test_restart_between_commit_and_acknowledge(self) -> None:
+        """
+        A player stopped after its commit but before the relay confirmed the
+        acknowledgement recognises the records after a restart, from the
+        queue file alone, and queues none of them twice.
+        """
+        self.bucket.add("a", "b")
+        self.bucket.fail_acknowledgements = 1
+        first = self.make_puller()
+        first.start()
+        self.stop(first)
+        self.queue.close()
+
+        reopened = make_queue(self, self.reactor, self.folder)
+        script = CountingScript()
+        second = self.make_puller(queue=reopened, processor=script)
+        second.start()
+        self.assertEqual(script.calls, [])
+        self.assertEqual(second.stats.redelivered, 2)
+        self.assertEqual(self.bucket.records, [])
+        self.assertEqual(queued_contents(reopened), ["A", "B"])
+        self.flushLoggedErrors(OSError)
+
+    def test_go_relay_reusing_ids(self) -> None:
+        """
+        A Go relay gives ids out again once its table is empty: records with
+        an id seen before, after a confirmed acknowledgement, are new.
+        """
+        self.bucket.reuse_ids = True
+        self.bucket.add("a", "b")
+        puller = self.make_puller(wait=0.0)
+        puller.start()
+        self.bucket.add("c", "d")
+        self.reactor.advance(HOOK_INTERVAL)
+        self.assertEqual(queued_contents(self.queue), ["A", "B", "C", "D"])
+        self.assertEqual(puller.stats.redelivered, 0)
+
+    def test_reused_id_with_stale_mark(self) -> None:
+        """
+        Even with a mark left over (a crash right after the relay confirmed),
+        a reused id with other content is processed as new.
+        """
+        self.successResultOf(
+            self.queue.commit("logs", [(1, b"digest of something else")], [])
+        )
+        self.bucket.add("fresh")
+        puller = self.make_puller()
+        puller.start()
+        self.assertEqual(queued_contents(self.queue), ["FRESH"])
+        self.assertFalse(self.queue.recognise("logs", 1, "fresh"))
 
     def test_script_error_drops_one_record(self) -> None:
         """A record the script fails on is dropped and counted; the rest go on."""
         self.bucket.add("a", "bad", "c")
         puller = self.make_puller()
         puller.start()
-        self.assertEqual(self.journal[1], ("deliver", "out", ["A", "C"]))
-        self.assertEqual(self.journal[2], ("acknowledge", [1, 2, 3]))
+        self.assertEqual(queued_contents(self.queue), ["A", "C"])
+        self.assertEqual(self.journal[1], ("acknowledge", [1, 2, 3]))
         self.assertEqual(puller.stats.dropped["script_error"], 1)
 
     def test_unknown_sink_dropped(self) -> None:
@@ -375,34 +413,38 @@ class BucketPullerTests(SynchronousTestCase):
         self.bucket.add("to:nowhere", "x")
         puller = self.make_puller()
         puller.start()
-        self.assertEqual(self.journal[1], ("deliver", "out", ["X"]))
+        self.assertEqual(queued_contents(self.queue), ["X"])
         self.assertEqual(puller.stats.dropped["unknown_sink"], 1)
-        self.assertEqual(self.journal[2], ("acknowledge", [1, 2]))
+        self.assertEqual(self.journal[1], ("acknowledge", [1, 2]))
 
-    def test_redelivered_records_are_skipped(self) -> None:
-        """
-        When the acknowledgement fails, the records come again: they are
-        acknowledged without being processed or delivered a second time.
-        """
-        self.bucket.add("a", "b")
-        self.bucket.fail_acknowledgements = 1
-        puller = self.make_puller()
+    def test_events_for_several_sinks(self) -> None:
+        """Each sink's events go to its own queue."""
+        self.bucket.add("to:out", "to:other", "to:out")
+        puller = self.make_puller(sinks=("out", "other"))
         puller.start()
-        self.assertEqual(self.steps(), ["first-batch", "deliver"])
-        self.assertEqual(len(self.bucket.records), 2)
+        self.assertEqual(queued_contents(self.queue), ["to:out", "to:out"])
+        self.assertEqual(queued_contents(self.queue, "other"), ["to:other"])
 
-        self.bucket.add("c")
-        self.clock.advance(1.0)
-        self.assertEqual(
-            self.steps(),
-            ["first-batch", "deliver", "first-batch", "deliver", "acknowledge"],
+    def test_full_queue_pauses_the_pull(self) -> None:
+        """
+        While a sink's queue is full the bucket is not pulled; the records
+        wait on the relay, and the pull resumes once there is room.
+        """
+        self.bucket.add(*[f"r{number}" for number in range(60)])
+        puller = self.make_puller(processor=FanOut(("out",)), limit=50)
+        puller.start()
+        self.assertEqual(self.queue.depth("out"), 50)
+        self.assertEqual(len(self.bucket.records), 10)
+        self.reactor.advance(5.0)
+        self.assertEqual(len(self.bucket.records), 10)
+        self.assertGreater(puller.stats.paused, 0)
+        events = self.successResultOf(self.queue.take("out", 20))
+        self.successResultOf(
+            self.queue.settle("out", [event.id for event in events], [], [])
         )
-        self.assertEqual(self.journal[3], ("deliver", "out", ["C"]))
-        self.assertEqual(self.journal[4], ("acknowledge", [1, 2, 3]))
-        self.assertEqual(self.script.calls, ["a", "b", "c"])
-        self.assertEqual(puller.stats.redelivered, 2)
-        self.assertEqual(puller.stats.pull_errors, 1)
-        self.flushLoggedErrors(OSError)
+        self.reactor.advance(1.0)
+        self.assertEqual(self.bucket.records, [])
+        self.assertEqual(self.queue.depth("out"), 40)
 
     def test_long_poll_answers_new_records(self) -> None:
         """An empty bucket holds the request; new records are pulled at once."""
@@ -411,16 +453,14 @@ class BucketPullerTests(SynchronousTestCase):
         self.assertEqual(self.steps(), ["first-batch"])
         self.bucket.add("late")
         self.stub.flush()
-        self.assertEqual(
-            self.steps(), ["first-batch", "first-batch", "deliver", "acknowledge"]
-        )
-        self.assertEqual(self.journal[2], ("deliver", "out", ["LATE"]))
+        self.assertEqual(self.steps(), ["first-batch", "first-batch", "acknowledge"])
+        self.assertEqual(queued_contents(self.queue), ["LATE"])
 
     def test_long_poll_timeout_asks_again(self) -> None:
         """After a held request ends empty, the next one is sent right away."""
         puller = self.make_puller(wait=10.0)
         puller.start()
-        self.clock.advance(10.0)
+        self.reactor.advance(10.0)
         self.stub.flush()
         # The relay looks once more when the wait ends, then the next poll.
         self.assertEqual(self.steps(), ["first-batch"] * 3)
@@ -431,9 +471,9 @@ class BucketPullerTests(SynchronousTestCase):
         puller = self.make_puller(wait=0.0)
         puller.start()
         self.assertEqual(self.steps(), ["first-batch"])
-        self.clock.advance(HOOK_INTERVAL - 0.01)
+        self.reactor.advance(HOOK_INTERVAL - 0.01)
         self.assertEqual(self.steps(), ["first-batch"])
-        self.clock.advance(0.01)
+        self.reactor.advance(0.01)
         self.assertEqual(self.steps(), ["first-batch", "first-batch"])
 
     def test_refused_token_backs_off(self) -> None:
@@ -441,11 +481,11 @@ class BucketPullerTests(SynchronousTestCase):
         puller = self.make_puller(token="wrong")
         puller.start()
         self.assertEqual(puller.stats.pull_errors, 1)
-        self.clock.advance(1.0)
+        self.reactor.advance(1.0)
         self.assertEqual(puller.stats.pull_errors, 2)
-        self.clock.advance(1.99)
+        self.reactor.advance(1.99)
         self.assertEqual(puller.stats.pull_errors, 2)
-        self.clock.advance(0.01)
+        self.reactor.advance(0.01)
         self.assertEqual(puller.stats.pull_errors, 3)
         self.assertEqual(self.journal, [])
 
@@ -462,21 +502,21 @@ class BucketPullerTests(SynchronousTestCase):
         self.bucket.add("a", "b", "c")
         puller = self.make_puller(limit=2)
         puller.start()
-        deliveries = [entry[2] for entry in self.journal if entry[0] == "deliver"]
-        self.assertEqual(deliveries, [["A", "B"], ["C"]])
+        acknowledged = [entry[1] for entry in self.journal if entry[0] == "acknowledge"]
+        self.assertEqual(acknowledged, [[1, 2], [3]])
 
     def test_fan_out_without_script(self) -> None:
         """Without a script, each record goes unchanged to the listed sinks."""
         self.bucket.add("raw")
         puller = self.make_puller(processor=FanOut(("out",)))
         puller.start()
-        self.assertEqual(self.journal[1], ("deliver", "out", ["raw"]))
+        self.assertEqual(queued_contents(self.queue), ["raw"])
 
-    def test_timer_delivers(self) -> None:
-        """C{run_timer} delivers what the script's timer emits."""
+    def test_timer_queues(self) -> None:
+        """C{run_timer} queues what the script's timer emits."""
         puller = self.make_puller()
         self.successResultOf(Deferred.fromCoroutine(puller.run_timer()))
-        self.assertEqual(self.journal, [("deliver", "out", ["tick"])])
+        self.assertEqual(queued_contents(self.queue), ["tick"])
 
     def test_stop_cancels_long_poll(self) -> None:
         """Stopping ends a held request and leaves no timers behind."""
@@ -484,5 +524,5 @@ class BucketPullerTests(SynchronousTestCase):
         puller.start()
         self.stop(puller)
         self.assertEqual(
-            [call for call in self.clock.getDelayedCalls() if call.active()], []
+            [call for call in self.reactor.getDelayedCalls() if call.active()], []
         )

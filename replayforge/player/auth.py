@@ -8,6 +8,7 @@ the configured pair in constant time.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Any
 
@@ -30,18 +31,19 @@ class SingleUserChecker:
     credentialInterfaces = (IUsernamePassword,)
 
     def __init__(self, username: str, password: str) -> None:
-        self._username = username.encode("utf-8")
-        self._password = password.encode("utf-8")
+        self._username = _digest(username.encode("utf-8"))
+        self._password = _digest(password.encode("utf-8"))
 
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
         """Fire with the username when both parts match, else fail."""
         username = _as_bytes(credentials.username)
         password = _as_bytes(credentials.password)
-        # Both comparisons always run, so timing tells nothing about which
+        # Digests of equal length are compared, and both comparisons always
+        # run, so timing tells neither the length of a secret nor which
         # part was wrong.
-        name_matches = hmac.compare_digest(username, self._username)
-        password_matches = hmac.compare_digest(password, self._password)
-        if name_matches and password_matches:
+        name_matches = hmac.compare_digest(_digest(username), self._username)
+        password_matches = hmac.compare_digest(_digest(password), self._password)
+        if name_matches & password_matches:
             return succeed(username)
         return fail(UnauthorizedLogin("wrong username or password"))
 
@@ -76,6 +78,10 @@ def basic_auth(resource: IResource, username: str, password: str) -> IResource:
         portal, [BasicCredentialFactory(REALM.encode("ascii"))]
     )
     return guarded
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
 
 
 def _as_bytes(value: str | bytes) -> bytes:

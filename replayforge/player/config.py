@@ -6,7 +6,11 @@ C{sinks[].params}, C{exposedPort}, ...) load unchanged.  Ours: C{listen} and
 C{listenStatusZ} (Twisted endpoint strings that win over the port keys),
 C{pollLimit} and C{pollWaitSecs} (how many records one C{first-batch} asks
 for, and how long a relay of ours may hold that request open for new data;
-a Go relay ignores the wait).
+a Go relay ignores the wait), C{dataDir} (where the sinks' durable queue
+lives, C{player-queue.sqlite3}), C{queueMaxEvents} (per sink: past it the
+buckets feeding that sink wait, leaving the records on the relay) and
+C{deadLetterMaxEvents} (per sink: the oldest dead letters are forgotten
+beyond it).
 
 Relative paths (C{transformScript}, a sink's database) are taken from the
 working directory, as the Go player and our proxy do.
@@ -22,6 +26,7 @@ import attrs
 from twisted.logger import Logger
 
 from replayforge.config import Section, load_document
+from replayforge.lua import LuaSettings, read_lua_settings
 from replayforge.player.sinks.settings import READERS, SinkSettings
 
 log = Logger()
@@ -30,6 +35,8 @@ DEFAULT_HOOK_INTERVAL_SECONDS = 1.0
 DEFAULT_POLL_LIMIT = 100
 DEFAULT_POLL_WAIT_SECONDS = 10.0
 MAX_POLL_WAIT_SECONDS = 30.0
+DEFAULT_QUEUE_MAX_EVENTS = 100_000
+DEFAULT_DEAD_LETTER_MAX_EVENTS = 10_000
 
 
 @attrs.frozen
@@ -40,6 +47,8 @@ class PlayerSourceConfig:
     @ivar key_path: where the source sits in the file (C{sources[1]}), for
         errors found once its script is loaded.
     @ivar sinks: the sink names every event goes to when there is no script.
+    @ivar lua: how the script's runtime is built (C{luaEngine},
+        C{unsafeLua}, C{luaInstructionBudget}, C{luaMaxMemoryMb}).
     """
 
     name: str
@@ -48,6 +57,7 @@ class PlayerSourceConfig:
     sinks: tuple[str, ...]
     hook_interval: float
     key_path: str
+    lua: LuaSettings = attrs.field(factory=LuaSettings)
 
 
 @attrs.frozen
@@ -85,6 +95,9 @@ class PlayerConfig:
     poll_wait_seconds: float
     tsnet_hostname: str
     listen_using_tailscale: bool
+    data_dir: Path = Path()
+    queue_max_events: int = DEFAULT_QUEUE_MAX_EVENTS
+    dead_letter_max_events: int = DEFAULT_DEAD_LETTER_MAX_EVENTS
 
     def sink_named(self, name: str) -> PlayerSinkConfig | None:
         """Return the sink called C{name}, if there is one."""
@@ -134,6 +147,13 @@ def parse_player_config(document: Section) -> PlayerConfig:
         poll_wait_seconds=_poll_wait(document),
         tsnet_hostname=tsnet.text("hostname", ""),
         listen_using_tailscale=document.boolean("listenUsingTailscale", False),
+        data_dir=Path(document.text("dataDir", "") or "."),
+        queue_max_events=document.integer(
+            "queueMaxEvents", DEFAULT_QUEUE_MAX_EVENTS, minimum=1
+        ),
+        dead_letter_max_events=document.integer(
+            "deadLetterMaxEvents", DEFAULT_DEAD_LETTER_MAX_EVENTS, minimum=1
+        ),
     )
     tsnet.finish()
     document.boolean("useTsnetStatusZ", False)
@@ -233,6 +253,7 @@ def _read_sources(document: Section, sink_names: set[str]) -> list[PlayerSourceC
                     "hookInterval", DEFAULT_HOOK_INTERVAL_SECONDS
                 ),
                 key_path=source.path,
+                lua=read_lua_settings(source),
             )
         )
         source.finish()

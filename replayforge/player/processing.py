@@ -60,15 +60,22 @@ def load_processor(source: PlayerSourceConfig, config_file: str) -> EventProcess
     Build the processor of C{source}: its script, loaded, or a L{FanOut}.
 
     @raise replayforge.lua.ScriptError: when the script cannot be loaded.
-    @raise ConfigError: when the script defines no C{Process} function.
+    @raise ConfigError: when the script defines neither C{Process} nor
+        C{TimerHandler}.
     """
     if source.transform_script is None:
         return FanOut(source.sinks)
-    script = LuaScript(source.transform_script, tag=source.name, error_logs=False)
-    if not script.defines("Process"):
+    script = LuaScript(
+        source.transform_script,
+        tag=f"source:{source.name}",
+        settings=source.lua,
+        error_logs=False,
+    )
+    if not (script.defines("Process") or script.defines("TimerHandler")):
         raise ConfigError(
             config_file,
             f"{source.key_path}.transformScript",
-            f"{source.transform_script} defines no Process(content, emit) function",
+            f"{source.transform_script} defines neither Process(content, emit) "
+            "nor TimerHandler(emit)",
         )
     return script

@@ -1,51 +1,64 @@
 """
-Pull one relay bucket: fetch a batch, process it, deliver it, acknowledge it.
+Pull one relay bucket: fetch a batch, process it, queue it, acknowledge it.
 
 The loop asks the relay for the oldest records (C{first-batch}, holding the
 request open up to C{pollWaitSecs} on a relay of ours), runs each through
-the source's processor, hands what was emitted to the sinks, and deletes the
-batch from the relay (C{acknowledge-batch}) only once every sink has fired
-its delivery: a crash anywhere before that leaves the records on the relay,
-to be pulled again.  Relay failures back off exponentially with jitter; a
-sink that fails gets the same events again after a backoff, without running
-the script twice.
+the source's processor, and commits what was emitted to the sinks' durable
+queue (L{replayforge.player.queue}) together with a mark of each record.
+Only then does it delete the batch from the relay (C{acknowledge-batch}),
+and once the relay confirms, it forgets the marks.  A player stopped
+anywhere before that pulls the same records again: those already queued
+are recognised by their marks and acknowledged without being processed or
+queued a second time.  Relay failures back off exponentially with jitter.
+
+A bucket whose sinks' queues are full waits before pulling more, leaving
+the records on the relay.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Collection
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from replayforge.backoff import Backoff
-from replayforge.lua import ScriptFailure
+from replayforge.logthrottle import ThrottledLog
+from replayforge.lua import Emitted, ScriptFailure
 from replayforge.player.config import PlayerConfig, PlayerSourceConfig
-from replayforge.player.processing import EventProcessor
+from replayforge.player.processing import EventProcessor, FanOut
+from replayforge.player.queue import PlayerQueue, record_digest
 from replayforge.player.relay_client import (
     BucketClient,
     HTTPClient,
     PulledRecord,
     RelayError,
 )
-from replayforge.player.sinks.base import Sink
 from replayforge.player.stats import SourceStats
 
 log = Logger()
 
+FULL_QUEUE_CHECK_SECONDS = 1.0
+
 
 @attrs.define
 class ProcessedBatch:
-    """A batch after its script ran: the ids to acknowledge, events by sink."""
+    """
+    A batch after its script ran.
+
+    @ivar ids: every record id to acknowledge, recognised ones included.
+    @ivar marks: the new records' ids and digests, to commit with the events.
+    @ivar events: (sink name, text) in the order they were emitted.
+    """
 
     ids: list[int] = attrs.field(factory=list)
-    events: dict[str, list[str]] = attrs.field(factory=dict)
+    marks: list[tuple[int, bytes]] = attrs.field(factory=list)
+    events: list[tuple[str, str]] = attrs.field(factory=list)
 
 
 class BucketPuller:
@@ -60,7 +73,8 @@ class BucketPuller:
         config: PlayerConfig,
         source: PlayerSourceConfig,
         processor: EventProcessor,
-        sinks: Mapping[str, Sink],
+        sink_names: Collection[str],
+        queue: PlayerQueue,
         client: HTTPClient,
         clock: IReactorTime,
         backoff: Backoff | None = None,
@@ -68,19 +82,20 @@ class BucketPuller:
         self.source = source
         self._relay = BucketClient(config, source, client, clock)
         self._processor = processor
-        self._sinks = sinks
+        self._sink_names = frozenset(sink_names)
+        self._queue = queue
         self._clock = clock
+        # A failing script would otherwise write a line per record.
+        self._script_log = ThrottledLog(log, clock)
         self._backoff = backoff or Backoff()
         self.stats = SourceStats()
+        # The sinks this bucket feeds, as far as is known: a full queue
+        # among them pauses the pull.
+        self._targets: set[str] = (
+            set(processor.sink_names) if isinstance(processor, FanOut) else set()
+        )
         self._running = False
-        self._stopping = False
         self._loop: Deferred[None] | None = None
-        # XXX: the last delivered but unconfirmed id lives in memory only, so
-        # a player restarted between delivering and acknowledging delivers
-        # that batch again.  A durable copy must still be forgotten once the
-        # acknowledgement is confirmed: a Go relay reuses ids once its table
-        # is empty, and a stale mark would skip new records.
-        self._delivered_through: int | None = None
 
     @property
     def bucket(self) -> str:
@@ -94,9 +109,8 @@ class BucketPuller:
         self._loop.addErrback(self._loop_ended)
 
     def stop(self) -> Deferred[None]:
-        """Stop pulling: cancel the request, delivery or wait in progress."""
+        """Stop pulling: cancel the request, commit or wait in progress."""
         self._running = False
-        self._stopping = True
         loop, self._loop = self._loop, None
         if loop is None:
             return defer.succeed(None)
@@ -148,11 +162,22 @@ class BucketPuller:
 
     async def pull_once(self) -> float:
         """
-        Fetch, process, deliver and acknowledge one batch.
+        Fetch, process, queue and acknowledge one batch.
 
         @return: how long to wait before the next fetch.
-        @raise RelayError: when the relay failed; nothing was acknowledged.
+        @raise RelayError: when the relay failed.
         """
+        full = self._queue.full(self._targets)
+        if full:
+            self.stats.paused += 1
+            self._script_log.warn(
+                "bucket {bucket}: the queues of {sinks} are full; waiting before "
+                "pulling more",
+                bucket=self.bucket,
+                sinks=", ".join(full),
+            )
+            return FULL_QUEUE_CHECK_SECONDS
+
         started = self._clock.seconds()
         pulled = await self._relay.first_batch()
         self.stats.last_pull = self._clock.seconds()
@@ -172,16 +197,17 @@ class BucketPuller:
             return max(0.0, self.source.hook_interval - elapsed)
 
         batch = self.process(records)
-        await self.deliver(batch.events)
-        self._delivered_through = max(batch.ids)
+        if batch.marks or batch.events:
+            await self._queue.commit(self.bucket, batch.marks, batch.events)
+            self.stats.emitted += len(batch.events)
         if not await self._relay.acknowledge(batch.ids):
             log.info(
                 "bucket {bucket}: {count} records were already acknowledged",
                 bucket=self.bucket,
                 count=len(batch.ids),
             )
-        self._delivered_through = None
         self.stats.acknowledged += len(batch.ids)
+        await self._queue.forget(self.bucket, batch.ids)
         log.debug(
             "bucket {bucket}: acknowledged {count} records",
             bucket=self.bucket,
@@ -190,18 +216,16 @@ class BucketPuller:
         return 0.0
 
     def process(self, records: list[PulledRecord]) -> ProcessedBatch:
-        """Run every new record through the processor; group emits by sink."""
+        """Run every new record through the processor; collect the emits."""
         batch = ProcessedBatch()
         unknown: dict[str, int] = {}
         for record in records:
             batch.ids.append(record.id)
-            if (
-                self._delivered_through is not None
-                and record.id <= self._delivered_through
-            ):
+            if self._queue.recognise(self.bucket, record.id, record.content):
                 self.stats.redelivered += 1
                 continue
             self.stats.received += 1
+            batch.marks.append((record.id, record_digest(record.content)))
             if record.content is None:
                 self.stats.drop("invalid_record")
                 continue
@@ -209,85 +233,57 @@ class BucketPuller:
                 emitted = self._processor.process(record.content)
             except ScriptFailure as failure:
                 self.stats.drop("script_error")
-                log.warn(
+                self._script_log.warn(
                     "bucket {bucket}: script failed, event dropped: {error}",
                     bucket=self.bucket,
                     error=str(failure),
                     record_id=record.id,
                 )
                 continue
-            for target, text in emitted:
-                if target in self._sinks:
-                    batch.events.setdefault(target, []).append(text)
-                    self.stats.emitted += 1
-                else:
-                    unknown[target] = unknown.get(target, 0) + 1
+            self._route(emitted, batch.events, unknown)
+        self._drop_unknown(unknown)
+        return batch
+
+    def _route(
+        self,
+        emitted: Emitted,
+        events: list[tuple[str, str]],
+        unknown: dict[str, int],
+    ) -> None:
+        for target, text in emitted:
+            if target in self._sink_names:
+                events.append((target, text))
+                self._targets.add(target)
+            else:
+                unknown[target] = unknown.get(target, 0) + 1
+
+    def _drop_unknown(self, unknown: dict[str, int]) -> None:
         for target, count in unknown.items():
             self.stats.drop("unknown_sink", count)
-            log.warn(
+            self._script_log.warn(
                 "bucket {bucket}: {count} events emitted to unknown sink {target} "
                 "were dropped",
                 bucket=self.bucket,
                 count=count,
                 target=target,
             )
-        return batch
-
-    async def deliver(self, events: dict[str, list[str]]) -> None:
-        """
-        Hand each sink its events; give the ones that failed theirs again
-        after a backoff, until every sink has them.
-        """
-        pending = dict(events)
-        attempt = 0
-        while pending:
-            names = list(pending)
-            outcomes: list[tuple[bool, Any]] = await DeferredList(
-                [self._sinks[name].deliver(pending[name]) for name in names],
-                consumeErrors=True,
-            )
-            if self._stopping:
-                raise CancelledError("the player is stopping")
-            for name, (succeeded, result) in zip(names, outcomes, strict=True):
-                if succeeded:
-                    del pending[name]
-                else:
-                    log.failure(
-                        "bucket {bucket}: sink {sink} failed to take {count} events",
-                        result,
-                        bucket=self.bucket,
-                        sink=name,
-                        count=len(pending[name]),
-                    )
-            if pending:
-                attempt += 1
-                self.stats.pull_errors += 1
-                delay = self._backoff.delay(attempt)
-                log.warn(
-                    "bucket {bucket}: delivering again to {sinks} in {delay:.1f}s",
-                    bucket=self.bucket,
-                    sinks=", ".join(pending),
-                    delay=delay,
-                )
-                await deferLater(self._clock, delay)
 
     async def run_timer(self) -> None:
-        """Run the script's C{TimerHandler(emit)} and deliver what it emits."""
+        """Run the script's C{TimerHandler(emit)} and queue what it emits."""
         try:
             emitted = self._processor.timer()
         except ScriptFailure as failure:
             self.stats.drop("script_error")
-            log.warn(
+            self._script_log.warn(
                 "bucket {bucket}: TimerHandler failed: {error}",
                 bucket=self.bucket,
                 error=str(failure),
             )
             return
-        events: dict[str, list[str]] = {}
-        for target, text in emitted:
-            if target in self._sinks:
-                events.setdefault(target, []).append(text)
-                self.stats.emitted += 1
-            else:
-                self.stats.drop("unknown_sink")
-        await self.deliver(events)
+        events: list[tuple[str, str]] = []
+        unknown: dict[str, int] = {}
+        self._route(emitted, events, unknown)
+        self._drop_unknown(unknown)
+        if events:
+            await self._queue.commit(self.bucket, [], events)
+            self.stats.emitted += len(events)

@@ -21,10 +21,12 @@ class SourceStats:
     @ivar received: records fetched from the relay, redeliveries excluded.
     @ivar emitted: events the script (or the fan-out) handed to sinks.
     @ivar acknowledged: records the relay confirmed deleting.
-    @ivar redelivered: records fetched again before their acknowledgement
-        was confirmed; they are acknowledged, not processed again.
-    @ivar pull_errors: failed relay requests and sink deliveries, each
+    @ivar redelivered: records fetched again after they were queued but
+        before their acknowledgement was confirmed; they are acknowledged,
+        not processed again.
+    @ivar pull_errors: failed relay requests and queue commits, each
         followed by a backoff.
+    @ivar paused: pulls put off because a sink's queue was full.
     """
 
     received: int = 0
@@ -32,6 +34,7 @@ class SourceStats:
     acknowledged: int = 0
     redelivered: int = 0
     pull_errors: int = 0
+    paused: int = 0
     last_pull: float | None = None
     dropped: Counter[str] = attrs.field(factory=Counter)
 
@@ -48,6 +51,7 @@ class SourceStats:
             "acknowledged": self.acknowledged,
             "redelivered": self.redelivered,
             "pullErrors": self.pull_errors,
+            "paused": self.paused,
             "lastPull": self.last_pull,
             "dropped": dict(sorted(self.dropped.items())),
         }
@@ -58,14 +62,16 @@ class SinkStats:
     """
     Counts of one sink.
 
-    @ivar received: events handed to the sink.
     @ivar delivered: events the sink applied (replayed, stored, deleted).
-    @ivar failures: deliveries that failed as a whole and were retried.
+    @ivar retries: failed attempts followed by another try.
+    @ivar failures: deliveries that failed as a whole (the sink could not
+        work) and were offered again after a backoff.
     @ivar expired: stored rows removed by the sink's time to live.
+    @ivar dropped: events dead-lettered, by reason.
     """
 
-    received: int = 0
     delivered: int = 0
+    retries: int = 0
     failures: int = 0
     expired: int = 0
     dropped: Counter[str] = attrs.field(factory=Counter)
@@ -78,8 +84,8 @@ class SinkStats:
     def as_json(self) -> dict[str, Any]:
         """Render for C{/statusz}."""
         return {
-            "received": self.received,
             "delivered": self.delivered,
+            "retries": self.retries,
             "failures": self.failures,
             "expired": self.expired,
             "dropped": dict(sorted(self.dropped.items())),

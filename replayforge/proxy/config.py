@@ -3,8 +3,10 @@ The proxy's configuration: sources that capture events, sinks that forward.
 
 Go-era keys load unchanged: C{sources[].params.listenPort},
 C{sinks[].authBearer}, C{sinks[].config.batchMaxEvents} and the rest.  Ours:
-C{params.listen} and C{listenStatusZ} (Twisted endpoint strings) and
-C{sinks[].dbMaxSizeKb}, the cap of the sink's buffer file.
+C{params.listen} and C{listenStatusZ} (Twisted endpoint strings),
+C{sinks[].dbMaxSizeKb} (the cap of the sink's buffer file) and, on a source or
+sink with a script, C{luaEngine}, C{unsafeLua}, C{luaInstructionBudget} and
+C{luaMaxMemoryMb} (see L{replayforge.lua.read_lua_settings}).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 import attrs
 
 from replayforge.config import Section, load_document
+from replayforge.lua import LuaSettings, read_lua_settings
+from replayforge.proxy.sources.settings import SourceSettings, read_source_settings
 from replayforge.web import endpoint_description
 
 DEFAULT_BATCH_MAX_EVENTS = 1000
@@ -24,7 +28,7 @@ DEFAULT_BATCH_TIMEOUT_SECONDS = 5.0
 DEFAULT_BUFFER_MAX_SIZE_KB = 100 * 1024
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_HOOK_INTERVAL_SECONDS = 1.0
-SOURCE_TYPES = ("http",)
+SOURCE_TYPES = ("http", "logfile", "repeatfile", "system-stats", "pgcall")
 
 
 @attrs.frozen
@@ -50,6 +54,7 @@ class ProxySinkConfig:
     max_messages_per_minute: int
     transform_script: str | None
     batching: Batching
+    lua: LuaSettings = attrs.field(factory=LuaSettings)
 
 
 @attrs.frozen
@@ -63,6 +68,8 @@ class ProxySourceConfig:
     hook_interval: float
     listen: str | None
     max_body_bytes: int
+    lua: LuaSettings = attrs.field(factory=LuaSettings)
+    settings: SourceSettings | None = None
 
 
 @attrs.frozen
@@ -117,6 +124,7 @@ def _parse_sink(section: Section) -> ProxySinkConfig:
         max_messages_per_minute=section.integer("maxMessagesPerMinute", 0, minimum=0),
         transform_script=section.text("transformScript", "") or None,
         batching=batching,
+        lua=read_lua_settings(section),
     )
     section.boolean("useTsnet", False)
     section.finish()
@@ -146,16 +154,21 @@ def _parse_source(
     )
     if kind == "http" and listen is None:
         raise params.error("listenPort", "expected a port above 0 (or params.listen)")
+    source_id = section.text("id")
+    hook_interval = section.duration("hookInterval", DEFAULT_HOOK_INTERVAL_SECONDS)
+    settings = read_source_settings(kind, source_id, params, hook_interval, section)
     config = ProxySourceConfig(
-        id=section.text("id"),
+        id=source_id,
         type=kind,
         transform_script=script,
         target_sink=target,
-        hook_interval=section.duration("hookInterval", DEFAULT_HOOK_INTERVAL_SECONDS),
+        hook_interval=hook_interval,
         listen=listen,
         max_body_bytes=params.integer(
             "maxBodyBytes", DEFAULT_MAX_BODY_BYTES, minimum=1
         ),
+        lua=read_lua_settings(section),
+        settings=settings,
     )
     params.finish()
     section.finish()

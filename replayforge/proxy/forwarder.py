@@ -9,13 +9,21 @@ an event larger than that alone is dropped and counted.  Failures back off
 exponentially with jitter and retry the same batch under the same
 C{RF-BATCH-ID}, so a relay that stored it before the answer was lost stores
 it only once.
+
+A sink with a C{transformScript} runs its C{TransformBatch(messages,
+request)} on each batch before each attempt: the messages it returns are
+sent instead, to C{url} + C{request.path} when the script set one, with
+C{request.headers} added to (or replacing) ours.  A batch whose script call
+fails stays in the buffer and is tried again after the same backoff; a
+script that returns no message at all drops the batch, counted as
+C{filtered_by_script}.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -26,6 +34,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from replayforge.backoff import Backoff
+from replayforge.logthrottle import ThrottledLog
+from replayforge.lua import ScriptFailure, TransformedBatch
 from replayforge.proxy.buffer import BufferedEvent, SinkBuffer
 from replayforge.proxy.config import ProxySinkConfig
 from replayforge.proxy.stats import SinkStats
@@ -48,6 +58,20 @@ class HTTPClient(Protocol):
         timeout: float,
     ) -> Deferred[Any]:
         """Send a request; fire with a treq response."""
+        ...
+
+
+class BatchTransform(Protocol):
+    """A sink script's C{TransformBatch}, as the forwarder calls it."""
+
+    def transform_batch(
+        self, messages: Sequence[str], path: str = ""
+    ) -> TransformedBatch:
+        """
+        Return what the script made of C{messages}.
+
+        @raise ScriptFailure: when the script failed.
+        """
         ...
 
 
@@ -128,6 +152,7 @@ class Forwarder:
         env_name: str,
         host_name: str,
         rng: Callable[[], float] = random.random,
+        transform: BatchTransform | None = None,
     ) -> None:
         self.config = config
         self._buffer = buffer
@@ -145,6 +170,8 @@ class Forwarder:
         self._running: Deferred[None] | None = None
         self._sleeping: Deferred[Any] | None = None
         self._stopping = False
+        self._transform = transform
+        self._script_log = ThrottledLog(log, clock)
 
     def start(self) -> None:
         """Start forwarding; the loop runs until L{stop}."""
@@ -305,7 +332,33 @@ class Forwarder:
         attempt = 0
         while not self._stopping:
             try:
-                await self._send(batch)
+                request = self._transformed(batch)
+            except ScriptFailure as failure:
+                attempt += 1
+                delay = self._backoff.delay(attempt)
+                self._stats.retries += 1
+                self._stats.script_errors += 1
+                self._script_log.warn(
+                    "sink {sink}: TransformBatch failed; batch of {count} events "
+                    "kept for a retry: {error}",
+                    sink=self.config.id,
+                    count=len(batch.events),
+                    error=str(failure),
+                )
+                if not await self._sleep(deferLater(self._clock, delay, _pass)):
+                    return
+                continue
+            if request is None:
+                await self._buffer.delete(batch.events)
+                self._stats.drop("filtered_by_script", len(batch.events))
+                log.debug(
+                    "sink {sink}: TransformBatch kept none of {count} events",
+                    sink=self.config.id,
+                    count=len(batch.events),
+                )
+                return
+            try:
+                await self._send(request)
             except SendFailed as failure:
                 if failure.code == 413:
                     await self._split_refused(batch)
@@ -330,6 +383,44 @@ class Forwarder:
             if self._rate is not None:
                 self._rate.spend(len(batch.events))
             return
+
+    def _transformed(self, batch: OutgoingBatch) -> OutgoingBatch | None:
+        """
+        Run the sink's script on C{batch}: its messages, path and headers.
+
+        @return: the request to send, or L{None} when the script kept no
+            message.
+        @raise ScriptFailure: when the script failed.
+        """
+        if self._transform is None:
+            return batch
+        result = self._transform.transform_batch(
+            [event.content for event in batch.events]
+        )
+        if result.skipped:
+            self._stats.drop("invalid_message", result.skipped)
+            self._script_log.warn(
+                "sink {sink}: TransformBatch returned {count} values that are "
+                "not strings; they were left out",
+                sink=self.config.id,
+                count=result.skipped,
+            )
+        if not result.messages:
+            return None
+        headers = dict(batch.headers)
+        for name, value in result.headers:
+            for same in [key for key in headers if key.lower() == name.lower()]:
+                del headers[same]
+            headers[name] = value
+        url = batch.url
+        if result.path:
+            url = self.config.url.rstrip("/") + "/" + result.path.lstrip("/")
+        return OutgoingBatch(
+            events=batch.events,
+            encoded=[_encode(message) for message in result.messages],
+            url=url,
+            headers=headers,
+        )
 
     async def _split_refused(self, batch: OutgoingBatch) -> None:
         """

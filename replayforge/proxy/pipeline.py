@@ -11,11 +11,13 @@ retry cannot double what was already stored.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 from twisted.internet.defer import gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from replayforge.logthrottle import ThrottledLog
 from replayforge.lua import Emitted, LuaScript, ScriptFailure
 from replayforge.proxy.buffer import BufferFull, SinkBuffer
 from replayforge.proxy.config import ProxySourceConfig
@@ -25,7 +27,13 @@ log = Logger()
 
 
 class SourcePipeline:
-    """Transform one source's events and buffer them in their sinks."""
+    """
+    Transform one source's events and buffer them in their sinks.
+
+    A script failure costs its event (or its timer tick) only: it is
+    counted as C{script_error} and logged at most once per 30 seconds for
+    each distinct message.
+    """
 
     def __init__(
         self,
@@ -42,6 +50,7 @@ class SourcePipeline:
         self._stats = stats
         self._sink_stats = sink_stats
         self._clock = clock
+        self._log = ThrottledLog(log, clock)
 
     async def submit(self, content: str) -> int:
         """
@@ -59,13 +68,45 @@ class SourcePipeline:
             emitted = self.script.process(content)
         except ScriptFailure as failure:
             self._stats.drop("script_error")
-            log.warn(
+            self._log.warn(
                 "source {source}: script failed, event dropped: {error}",
                 source=self.config.id,
                 error=str(failure),
             )
             return 0
         return await self._store(emitted)
+
+    async def submit_many(self, contents: Sequence[str]) -> int:
+        """
+        Process events read together (lines of a file) and commit all they
+        emit at once: one append, one transaction, per sink.
+
+        A refusal is not counted as a loss: the caller keeps the events and
+        submits them again once the buffer has room.
+
+        @return: how many events were buffered.
+        @raise BufferFull: a target buffer is full; nothing was stored.
+        """
+        emitted: Emitted = []
+        if self.script is None:
+            assert self.config.target_sink is not None
+            emitted = [(self.config.target_sink, content) for content in contents]
+        else:
+            for content in contents:
+                try:
+                    emitted.extend(self.script.process(content))
+                except ScriptFailure as failure:
+                    self._stats.drop("script_error")
+                    self._log.warn(
+                        "source {source}: script failed, event dropped: {error}",
+                        source=self.config.id,
+                        error=str(failure),
+                    )
+        stored = await self._store(emitted, refusal_is_loss=False)
+        now = self._clock.seconds()
+        for content in contents:
+            self._stats.saw(content, now)
+        return stored
 
     async def run_timer(self) -> int:
         """Run the script's C{TimerHandler} and commit what it emits."""
@@ -75,7 +116,7 @@ class SourcePipeline:
             emitted = self.script.timer()
         except ScriptFailure as failure:
             self._stats.drop("script_error")
-            log.warn(
+            self._log.warn(
                 "source {source}: TimerHandler failed: {error}",
                 source=self.config.id,
                 error=str(failure),
@@ -83,14 +124,14 @@ class SourcePipeline:
             return 0
         return await self._store(emitted)
 
-    async def _store(self, emitted: Emitted) -> int:
+    async def _store(self, emitted: Emitted, refusal_is_loss: bool = True) -> int:
         by_sink: dict[str, list[str]] = defaultdict(list)
         for target, text in emitted:
             if target in self._buffers:
                 by_sink[target].append(text)
             else:
                 self._stats.drop("unknown_sink")
-                log.warn(
+                self._log.warn(
                     "source {source}: emit to unknown sink {sink}; event dropped",
                     source=self.config.id,
                     sink=target,
@@ -104,10 +145,11 @@ class SourcePipeline:
             if self._buffers[sink].would_overflow(texts)
         ]
         if full:
-            count = sum(len(texts) for texts in by_sink.values())
-            self._stats.drop("buffer_full", count)
-            for sink in full:
-                self._sink_stats[sink].drop("buffer_full", len(by_sink[sink]))
+            if refusal_is_loss:
+                count = sum(len(texts) for texts in by_sink.values())
+                self._stats.drop("buffer_full", count)
+                for sink in full:
+                    self._sink_stats[sink].drop("buffer_full", len(by_sink[sink]))
             raise BufferFull(", ".join(full))
 
         # Nothing ran since the check above, so no append below can refuse.

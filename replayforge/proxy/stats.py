@@ -5,6 +5,7 @@ What the proxy has done, per source and per sink, for C{/statusz}.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -14,13 +15,19 @@ from replayforge.relay.stats import go_duration, rfc3339
 
 @attrs.define
 class SourceStats:
-    """Counts of one source."""
+    """
+    Counts of one source.
+
+    @ivar detail: what the source itself reports (a log file's position,
+        its rotations), added to the source's C{/statusz} entry.
+    """
 
     received: int = 0
     emitted: int = 0
     last_message_at: float | None = None
     last_message: str = ""
     dropped: Counter[str] = attrs.field(factory=Counter)
+    detail: Callable[[], dict[str, Any]] | None = None
 
     def saw(self, content: str, now: float) -> None:
         """Count one event captured at C{now}."""
@@ -40,17 +47,24 @@ class SourceStats:
             "lastMessageDate": rfc3339(self.last_message_at),
             "lastMessage": self.last_message,
             "dropped": dict(self.dropped),
+            **(self.detail() if self.detail is not None else {}),
         }
 
 
 @attrs.define
 class SinkStats:
-    """Counts of one sink and its forwarder."""
+    """
+    Counts of one sink and its forwarder.
+
+    @ivar script_errors: failed calls of the sink script's
+        C{TransformBatch}; the batch was kept and tried again.
+    """
 
     buffered: int = 0
     forwarded_events: int = 0
     batches: int = 0
     retries: int = 0
+    script_errors: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
     last_forward_at: float | None = None
@@ -73,6 +87,7 @@ class SinkStats:
             "forwarded": self.forwarded_events,
             "batchCounter": self.batches,
             "retries": self.retries,
+            "scriptErrors": self.script_errors,
             "bytesSent": self.bytes_sent,
             "bytesReceived": self.bytes_received,
             "lastForwardDate": rfc3339(self.last_forward_at),

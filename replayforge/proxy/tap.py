@@ -17,17 +17,24 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IRequest
 
 from replayforge.config import ConfigError
-from replayforge.lua import LuaScript, ScriptError
+from replayforge.lua import LuaScript, LuaSettings, ScriptError
 from replayforge.periodic import PeriodicTask
 from replayforge.proxy.buffer import SinkBuffer
 from replayforge.proxy.config import ProxyConfig, load_proxy_config
 from replayforge.proxy.forwarder import Forwarder
 from replayforge.proxy.http_source import CaptureResource
 from replayforge.proxy.pipeline import SourcePipeline
+from replayforge.proxy.sources.services import source_service
 from replayforge.proxy.stats import SinkStats, SourceStats, uptime
 from replayforge.store import StoreUnavailable
 from replayforge.tapbase import DaemonOptions
-from replayforge.web import json_body, listening_service, make_site, text_body
+from replayforge.web import (
+    client_pool,
+    json_body,
+    listening_service,
+    make_site,
+    text_body,
+)
 
 log = Logger()
 
@@ -100,6 +107,27 @@ class ProxyService(MultiService):
         self._clock = clock
         self.started = clock.seconds()
 
+        # Scripts first: one that does not load stops start-up before any
+        # buffer file is touched.
+        sink_scripts = {
+            sink_id: _load_script(
+                sink.transform_script, f"sink:{sink_id}", sink.lua, "TransformBatch"
+            )
+            for sink_id, sink in config.sinks.items()
+            if sink.transform_script
+        }
+        source_scripts = {
+            source.id: _load_script(
+                source.transform_script,
+                f"source:{source.id}",
+                source.lua,
+                "Process",
+                "TimerHandler",
+            )
+            for source in config.sources
+            if source.transform_script
+        }
+
         self.buffers = {
             sink_id: SinkBuffer(sink.database_path, sink.max_bytes, reactor, clock)
             for sink_id, sink in config.sinks.items()
@@ -109,7 +137,7 @@ class ProxyService(MultiService):
         self.sink_stats = {sink_id: SinkStats() for sink_id in config.sinks}
         self.source_stats = {source.id: SourceStats() for source in config.sources}
 
-        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool = client_pool(reactor)
         http = treq.client.HTTPClient(Agent(reactor, pool=pool))
         forwarders = [
             Forwarder(
@@ -120,6 +148,7 @@ class ProxyService(MultiService):
                 self.sink_stats[sink_id],
                 config.env_name,
                 config.host_name,
+                transform=sink_scripts.get(sink_id),
             )
             for sink_id, sink in config.sinks.items()
         ]
@@ -135,14 +164,7 @@ class ProxyService(MultiService):
             ).setServiceParent(self)
 
         for source in config.sources:
-            script = None
-            if source.transform_script:
-                script = LuaScript(source.transform_script, source.id)
-                if not (script.defines("Process") or script.defines("TimerHandler")):
-                    raise ScriptError(
-                        f"{source.transform_script}: defines neither Process "
-                        "nor TimerHandler"
-                    )
+            script = source_scripts.get(source.id)
             pipeline = SourcePipeline(
                 source,
                 script,
@@ -161,6 +183,17 @@ class ProxyService(MultiService):
             if source.type == "http" and source.listen:
                 site = make_site(CaptureResource(pipeline), source.max_body_bytes)
                 listening_service(source.listen, site, reactor).setServiceParent(self)
+            pulled = source_service(
+                source,
+                pipeline,
+                self.source_stats[source.id],
+                reactor,
+                clock,
+                config.env_name,
+                config.host_name,
+            )
+            if pulled is not None:
+                pulled.setServiceParent(self)
 
         if config.listen_status:
             status = make_site(StatusAPI(self).app.resource())
@@ -187,6 +220,19 @@ class ProxyService(MultiService):
                 for sink_id, stats in self.sink_stats.items()
             },
         }
+
+
+def _load_script(
+    path: str, tag: str, settings: LuaSettings, *entry_points: str
+) -> LuaScript:
+    """
+    Load the script at C{path}, which must define one of C{entry_points}.
+
+    @raise ScriptError: when it cannot be loaded or defines none of them.
+    """
+    script = LuaScript(path, tag, settings)
+    script.require(*entry_points)
+    return script
 
 
 def make_proxy_service(config_path: str, reactor: IReactorCore) -> IService:

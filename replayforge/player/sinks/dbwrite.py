@@ -4,38 +4,68 @@ Apply call objects to the C{db} sink's SQLite file, one batch per transaction.
 The tables keep the Go player's layout, so its databases carry on: C{id TEXT
 PRIMARY KEY}, C{_rpf_id} (a sequence over the whole file, renewed by every
 write) and C{_rpf_last_updated_idx} (Unix seconds of the last write), then
-one column per key ever seen.  A POST or PUT replaces the row with the same
-C{id} by the JSON body; a DELETE removes it.
+one column per key ever seen (named as L{replayforge.player.sinks.dbschema}
+says), typed by its first non-null value.  A POST or PUT replaces the row
+with the same C{id} by the JSON body; a DELETE removes it.
 
-Identifiers never come from a request unchecked: a table name is letters,
-digits, C{_} and C{-}; a column name is what L{snake_case} leaves, letters,
-digits and C{_}; both are quoted, and the schema is read back from the file
-(C{PRAGMA table_info}).  Values are always bound as parameters.
+A batch is one transaction.  An event refused before it writes anything
+(not a call object, a reserved table name, too many columns) is rejected
+with its reason and the batch goes on.  When an event fails after it
+wrote (the database refused its row), the transaction is rolled back and
+the batch applied again with each event in its own savepoint, so that
+event is undone and rejected alone while the rest is kept.  An error of
+the storage itself (disk full, I/O, locked, read-only) fails the whole
+batch, to be offered again.
+
+The highest queue id applied is kept in the same transaction
+(C{_rpf_queue_marks}), so a batch offered again after a crash between this
+commit and the queue's is recognised and not applied twice.
 
 A L{TableWriter} runs only on the pool's single connection thread.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import re
 import sqlite3
-from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
-import attrs
-
+from replayforge.player.sinks.base import (
+    DELIVERED,
+    Outcome,
+    QueuedEvent,
+    Rejected,
+)
 from replayforge.player.sinks.callobject import NotACallObject, parse_call_object
+from replayforge.player.sinks.dbschema import (
+    RESERVED_TABLE_PREFIXES,
+    RPF_ID,
+    RPF_UPDATED,
+    TABLE_NAME,
+    column_names,
+    quote_identifier,
+    schema_object,
+    table_columns,
+    table_name_problem,
+    user_tables,
+)
+from replayforge.player.sinks.dbvalues import column_type, id_text, sql_value
 from replayforge.player.sinks.timestamps import normalize_timestamp
 
-RPF_ID = "_rpf_id"
-RPF_UPDATED = "_rpf_last_updated_idx"
-MAX_PROBLEMS_KEPT = 5
+MARKS_TABLE = "_rpf_queue_marks"
+# SQLite's default SQLITE_MAX_COLUMN.
+MAX_COLUMNS = 2000
+# Primary result codes of errors that are the storage's, not an event's:
+# busy, locked, no memory, read-only, interrupted, I/O, corrupt, full,
+# cannot open, protocol, schema changed, misuse, no large files, auth, not
+# a database.
+_STORAGE_CODES = frozenset({5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 17, 21, 22, 23, 26})
 
-TABLE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]")
-_WORD_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
-_INT64 = range(-(2**63), 2**63)
+
+class _Isolate(Exception):
+    """An event failed after writing: its batch needs savepoints."""
 
 
 class DropEvent(Exception):
@@ -47,36 +77,14 @@ class DropEvent(Exception):
         self.problem = problem
 
 
-@attrs.define
-class WriteOutcome:
-    """What one batch did: events applied, events dropped by reason."""
-
-    applied: int = 0
-    dropped: Counter[str] = attrs.field(factory=Counter)
-    problems: list[str] = attrs.field(factory=list)
-
-    def drop(self, reason: str, problem: str) -> None:
-        """Count one dropped event, keeping the first few explanations."""
-        self.dropped[reason] += 1
-        if len(self.problems) < MAX_PROBLEMS_KEPT:
-            self.problems.append(f"{reason}: {problem}")
-
-
-def quote_identifier(name: str) -> str:
-    """Quote a table or column name for SQL."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def snake_case(key: str) -> str:
-    """
-    Turn a JSON key into a column name, as the Go player did.
-
-    Characters other than letters, digits and C{_} are removed, a capital
-    after a small letter or digit starts a new word, and the result is
-    lower case: C{createdAt} → C{created_at}, C{userID} → C{user_id},
-    C{first-name} → C{firstname}.
-    """
-    return _WORD_BOUNDARY.sub(r"\1_\2", _NOT_IDENTIFIER.sub("", key)).lower()
+def is_storage_error(error: sqlite3.Error) -> bool:
+    """Tell whether C{error} is the storage's fault rather than an event's."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        return not isinstance(
+            error, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.InterfaceError
+        )
+    return (code & 0xFF) in _STORAGE_CODES
 
 
 def table_from_path(path: str) -> str:
@@ -87,38 +95,19 @@ def table_from_path(path: str) -> str:
         other than letters, digits, C{_} and C{-}.
     """
     table = path.removeprefix("/rpf-db/").removeprefix("/")
-    if not TABLE_NAME.match(table) or table.lower().startswith("sqlite_"):
+    if not TABLE_NAME.match(table) or table.lower().startswith(RESERVED_TABLE_PREFIXES):
         raise DropEvent("bad_table", f"invalid table name {table[:80]!r}")
     return table
 
 
-def column_type(value: Any) -> str:
-    """The SQL type of a new column, from the first value it receives."""
-    if isinstance(value, bool):
-        return "BOOLEAN"
-    if isinstance(value, int):
-        return "INTEGER" if value in _INT64 else "TEXT"
-    if isinstance(value, float):
-        return "REAL"
-    return "TEXT"
-
-
-def sql_value(value: Any) -> Any:
-    """Convert a JSON value to what SQLite stores for it."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int) and value not in _INT64:
-        return str(value)
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return value
-
-
-def id_text(value: Any) -> str:
-    """The text stored in the C{id} column for a body's C{id}."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+@functools.lru_cache(maxsize=4096)
+def _replace_statement(table: str, names: tuple[str, ...]) -> str:
+    # The row with the same id is replaced whole, as the Go player did.
+    return (
+        f"INSERT OR REPLACE INTO {quote_identifier(table)}"
+        f" ({', '.join(map(quote_identifier, names))})"
+        f" VALUES ({', '.join('?' * len(names))})"
+    )
 
 
 def wants_index(column: str) -> bool:
@@ -130,70 +119,151 @@ def wants_index(column: str) -> bool:
     )
 
 
-def table_columns(cursor: sqlite3.Cursor, table: str) -> dict[str, str]:
-    """Return the live columns of C{table} (name → declared type)."""
-    rows = cursor.execute(f"PRAGMA table_info({quote_identifier(table)})")
-    return {row[1].lower(): row[2] for row in rows.fetchall()}
-
-
 class TableWriter:
-    """The schema the sink has seen, and the statements that change rows."""
+    """
+    The schema the sink has seen, and the statements that change rows.
 
-    def __init__(self) -> None:
+    @param queue_instance: the name of the queue file events come from;
+        with it, the highest queue id applied is remembered per sink.
+    """
+
+    def __init__(self, sink_name: str = "", queue_instance: str = "") -> None:
+        self._sink_name = sink_name
+        self._queue_instance = queue_instance
         self._schemas: dict[str, dict[str, str]] = {}
         self._last_rpf_id: int | None = None
-
-    def write_batch(
-        self, cursor: sqlite3.Cursor, events: list[str], now: int
-    ) -> WriteOutcome:
-        """
-        Apply C{events} in one transaction.
-
-        An event that cannot be applied is rolled back alone and counted;
-        an error of the database itself (disk full, I/O) fails the batch.
-        """
-        try:
-            return self._write_batch(cursor, events, now)
-        except BaseException:
-            # The transaction is rolled back: so are the tables and columns
-            # it added, which must not stay in the cache.
-            self.forget_schemas()
-            raise
+        self._applied_through: int | None = None
+        self._writes = 0
 
     def forget_schemas(self) -> None:
-        """Read every schema and the last C{_rpf_id} again from the file."""
+        """Read every schema, the last C{_rpf_id} and the mark again."""
         self._schemas.clear()
         self._last_rpf_id = None
+        self._applied_through = None
+
+    def write_batch(
+        self, cursor: sqlite3.Cursor, events: Sequence[QueuedEvent], now: int
+    ) -> list[Outcome]:
+        """
+        Apply C{events} in one transaction; return one outcome per event.
+
+        @raise sqlite3.Error: when the storage failed; nothing is applied.
+        """
+        try:
+            outcomes = self._write_batch(cursor, events, now)
+            # Committed here, so that a failing commit also clears the cache
+            # of what this transaction did.
+            cursor.connection.commit()
+        except BaseException:
+            # The transaction is rolled back: so are the tables, columns and
+            # mark it changed, which must not stay in the cache.
+            self.forget_schemas()
+            raise
+        return outcomes
 
     def _write_batch(
-        self, cursor: sqlite3.Cursor, events: list[str], now: int
-    ) -> WriteOutcome:
-        outcome = WriteOutcome()
+        self, cursor: sqlite3.Cursor, events: Sequence[QueuedEvent], now: int
+    ) -> list[Outcome]:
+        try:
+            return self._apply_all(cursor, events, now, isolated=False)
+        except _Isolate:
+            # An event failed after it wrote: do the batch again with each
+            # event in a savepoint, so that it can be undone alone.
+            cursor.connection.rollback()
+            self.forget_schemas()
+            return self._apply_all(cursor, events, now, isolated=True)
+
+    def _apply_all(
+        self,
+        cursor: sqlite3.Cursor,
+        events: Sequence[QueuedEvent],
+        now: int,
+        isolated: bool,
+    ) -> list[Outcome]:
         # Without an open transaction, releasing the first savepoint would
         # commit each event on its own.
         if not cursor.connection.in_transaction:
             cursor.execute("BEGIN IMMEDIATE")
         if self._last_rpf_id is None:
             self._last_rpf_id = self._highest_rpf_id(cursor)
-        for text in events:
-            cursor.execute("SAVEPOINT rpf_event")
-            try:
-                self._apply(cursor, text, now)
-            except DropEvent as drop:
-                self._undo_event(cursor)
-                outcome.drop(drop.reason, drop.problem)
-            except (
-                sqlite3.IntegrityError,
-                sqlite3.DataError,
-                sqlite3.InterfaceError,
-                OverflowError,
-            ) as error:
-                self._undo_event(cursor)
-                outcome.drop("db_error", str(error))
+        applied_through = self._read_mark(cursor)
+        outcomes: list[Outcome] = []
+        for event in events:
+            if applied_through is not None and event.id <= applied_through:
+                outcomes.append(DELIVERED)
+            elif isolated:
+                outcomes.append(self._apply_alone(cursor, event.content, now))
             else:
-                cursor.execute("RELEASE rpf_event")
-                outcome.applied += 1
-        return outcome
+                outcomes.append(self._apply_together(cursor, event.content, now))
+        if events and self._queue_instance:
+            highest = max(event.id for event in events)
+            cursor.execute(
+                f"INSERT OR REPLACE INTO {MARKS_TABLE} (sink, queue, last_id)"
+                " VALUES (?, ?, ?)",
+                (self._sink_name, self._queue_instance, highest),
+            )
+            self._applied_through = highest
+        return outcomes
+
+    def _apply_together(self, cursor: sqlite3.Cursor, text: str, now: int) -> Outcome:
+        """Apply one event without a savepoint of its own (the fast path)."""
+        writes = self._writes
+        try:
+            self._apply(cursor, text, now)
+        except DropEvent as drop:
+            if self._writes == writes:
+                return Rejected(drop.reason, drop.problem)
+            raise _Isolate() from None
+        except sqlite3.Error as error:
+            if is_storage_error(error) or not cursor.connection.in_transaction:
+                raise
+            raise _Isolate() from None
+        except (ValueError, TypeError, OverflowError, RecursionError):
+            raise _Isolate() from None
+        return DELIVERED
+
+    def _apply_alone(self, cursor: sqlite3.Cursor, text: str, now: int) -> Outcome:
+        """Apply one event in a savepoint, undone alone if it fails."""
+        cursor.execute("SAVEPOINT rpf_event")
+        try:
+            self._apply(cursor, text, now)
+        except DropEvent as drop:
+            self._undo_event(cursor)
+            return Rejected(drop.reason, drop.problem)
+        except sqlite3.Error as error:
+            if is_storage_error(error) or not cursor.connection.in_transaction:
+                raise
+            self._undo_event(cursor)
+            return Rejected("db_error", str(error))
+        except (ValueError, TypeError, OverflowError, RecursionError) as error:
+            self._undo_event(cursor)
+            return Rejected("db_error", f"{type(error).__name__}: {error}")
+        cursor.execute("RELEASE rpf_event")
+        return DELIVERED
+
+    def _write(self, cursor: sqlite3.Cursor, sql: str, parameters: Any = ()) -> None:
+        """Run a statement that changes the file, counting it."""
+        self._writes += 1
+        cursor.execute(sql, parameters)
+
+    def _read_mark(self, cursor: sqlite3.Cursor) -> int | None:
+        if not self._queue_instance:
+            return None
+        if self._applied_through is None:
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {MARKS_TABLE}"
+                " (sink TEXT PRIMARY KEY, queue TEXT NOT NULL,"
+                " last_id INTEGER NOT NULL)"
+            )
+            row = cursor.execute(
+                f"SELECT queue, last_id FROM {MARKS_TABLE} WHERE sink = ?",
+                (self._sink_name,),
+            ).fetchone()
+            # Ids of another queue file say nothing about this one's.
+            self._applied_through = (
+                int(row[1]) if row is not None and row[0] == self._queue_instance else 0
+            )
+        return self._applied_through
 
     def _undo_event(self, cursor: sqlite3.Cursor) -> None:
         cursor.execute("ROLLBACK TO rpf_event")
@@ -214,7 +284,7 @@ class TableWriter:
             )
         try:
             body = json.loads(call.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):
             raise DropEvent("bad_body", f"{call.path}: body is not a JSON object")
@@ -226,11 +296,7 @@ class TableWriter:
     def _replace(
         self, cursor: sqlite3.Cursor, table: str, body: dict[str, Any], now: int
     ) -> None:
-        row: dict[str, Any] = {}
-        for key, value in body.items():
-            column = snake_case(key)
-            if column:
-                row[column] = value
+        row = {column: body[key] for key, column in column_names(body).items()}
         assert self._last_rpf_id is not None
         self._last_rpf_id += 1
         row[RPF_ID] = self._last_rpf_id
@@ -241,17 +307,25 @@ class TableWriter:
         row["timestamp"] = normalize_timestamp(row.get("timestamp"), now)
 
         columns = self._schema(cursor, table, create=True)
-        for column, value in row.items():
-            if column not in columns and value is not None:
-                self._add_column(cursor, table, columns, column, column_type(value))
-        names = [column for column in row if column in columns]
-
-        quoted = quote_identifier(table)
-        cursor.execute(f"DELETE FROM {quoted} WHERE id = ?", (row["id"],))
-        cursor.execute(
-            f"INSERT INTO {quoted} ({', '.join(map(quote_identifier, names))})"
-            f" VALUES ({', '.join('?' * len(names))})",
-            [sql_value(row[column]) for column in names],
+        new = [
+            column
+            for column, value in row.items()
+            if column not in columns and value is not None
+        ]
+        if len(columns) + len(new) > MAX_COLUMNS:
+            # Refused before adding columns one by one for nothing.
+            raise DropEvent(
+                "too_many_columns",
+                f"{table} would have {len(columns) + len(new)} columns; "
+                f"SQLite allows {MAX_COLUMNS}",
+            )
+        for column in new:
+            self._add_column(cursor, table, columns, column, column_type(row[column]))
+        names = tuple(column for column in row if column in columns)
+        self._write(
+            cursor,
+            _replace_statement(table, names),
+            [sql_value(row[name]) for name in names],
         )
 
     def _delete(self, cursor: sqlite3.Cursor, table: str, body: dict[str, Any]) -> None:
@@ -259,7 +333,8 @@ class TableWriter:
             raise DropEvent("missing_id", f"DELETE on {table} without an id")
         if not self._schema(cursor, table, create=False):
             return
-        cursor.execute(
+        self._write(
+            cursor,
             f"DELETE FROM {quote_identifier(table)} WHERE id = ?",
             (id_text(body["id"]),),
         )
@@ -271,12 +346,15 @@ class TableWriter:
         key = table.lower()
         if key in self._schemas:
             return self._schemas[key]
+        problem = table_name_problem(cursor, table)
+        if problem is not None:
+            raise DropEvent("bad_table", problem)
         columns = table_columns(cursor, table)
         if not columns:
             if not create:
                 return columns
-            cursor.execute(
-                f"CREATE TABLE {quote_identifier(table)} (id TEXT PRIMARY KEY)"
+            self._write(
+                cursor, f"CREATE TABLE {quote_identifier(table)} (id TEXT PRIMARY KEY)"
             )
             columns = {"id": "TEXT"}
         for name in (RPF_UPDATED, RPF_ID):
@@ -296,25 +374,25 @@ class TableWriter:
         kind: str,
     ) -> None:
         quoted_table = quote_identifier(table)
-        cursor.execute(
-            f"ALTER TABLE {quoted_table} ADD COLUMN {quote_identifier(column)} {kind}"
+        self._write(
+            cursor,
+            f"ALTER TABLE {quoted_table} ADD COLUMN {quote_identifier(column)} {kind}",
         )
         columns[column] = kind
-        if wants_index(column):
-            index = quote_identifier(f"idx_{table}_{column}")
-            cursor.execute(
-                f"CREATE INDEX IF NOT EXISTS {index}"
-                f" ON {quoted_table} ({quote_identifier(column)})"
+        index = f"idx_{table}_{column}"
+        # A name already taken (by an index, or a table a user wrote) keeps
+        # its owner; the index only speeds up reads.
+        if wants_index(column) and schema_object(cursor, index) is None:
+            self._write(
+                cursor,
+                f"CREATE INDEX {quote_identifier(index)}"
+                f" ON {quoted_table} ({quote_identifier(column)})",
             )
 
     @staticmethod
     def _highest_rpf_id(cursor: sqlite3.Cursor) -> int:
-        tables = cursor.execute(
-            "SELECT name FROM sqlite_master"
-            " WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
-        ).fetchall()
         highest = 0
-        for (table,) in tables:
+        for table in user_tables(cursor):
             if RPF_ID in table_columns(cursor, table):
                 found = cursor.execute(
                     f"SELECT MAX({RPF_ID}) FROM {quote_identifier(table)}"

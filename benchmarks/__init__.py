@@ -1,0 +1,1 @@
+"""Benchmarks of ReplayForge, each beside a baseline measured in the same run."""

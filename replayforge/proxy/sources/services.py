@@ -1,0 +1,75 @@
+"""
+Build the service that runs a configured pulled source.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorTime
+
+from replayforge.proxy.config import ProxySourceConfig
+from replayforge.proxy.pipeline import SourcePipeline
+from replayforge.proxy.sources.blocking import ReactorThreads
+from replayforge.proxy.sources.logfile import LogFileService, LogFileSource
+from replayforge.proxy.sources.pgcall import PgCallService, PgCallSource
+from replayforge.proxy.sources.positions import PositionStore
+from replayforge.proxy.sources.repeatfile import RepeatFileSource, repeat_file_service
+from replayforge.proxy.sources.settings import (
+    LogFileSettings,
+    PgCallSettings,
+    RepeatFileSettings,
+    SystemStatsSettings,
+)
+from replayforge.proxy.sources.system_stats import (
+    SystemStatsService,
+    SystemStatsSource,
+)
+from replayforge.proxy.stats import SourceStats
+
+
+def source_service(
+    config: ProxySourceConfig,
+    pipeline: SourcePipeline,
+    stats: SourceStats,
+    reactor: Any,
+    clock: IReactorTime,
+    env_name: str,
+    host_name: str,
+) -> IService | None:
+    """
+    Make the service of the source C{config}, or L{None} for a type that
+    needs none here (C{http}, whose listener the proxy builds).
+
+    @param reactor: provides threads and runs the SQLite pools.
+    @raise replayforge.store.StoreUnavailable: when a log file's position
+        store cannot be opened.
+    """
+    settings = config.settings
+    threads = ReactorThreads(reactor)
+    if isinstance(settings, LogFileSettings):
+        positions = PositionStore(settings.position_path, config.id, reactor)
+        logfile = LogFileSource(
+            config.id,
+            settings,
+            pipeline,
+            positions,
+            threads,
+            clock,
+            drain_grace=config.hook_interval,
+        )
+        stats.detail = logfile.status
+        return LogFileService(logfile, config.hook_interval, clock)
+    if isinstance(settings, RepeatFileSettings):
+        repeat = RepeatFileSource(config.id, settings, pipeline, threads, clock)
+        return repeat_file_service(repeat, clock)
+    if isinstance(settings, SystemStatsSettings):
+        figures = SystemStatsSource(
+            config.id, settings, pipeline, stats, threads, clock, env_name, host_name
+        )
+        return SystemStatsService(figures, clock)
+    if isinstance(settings, PgCallSettings):
+        calls = PgCallSource(config.id, settings, pipeline, stats, reactor, clock)
+        return PgCallService(calls, clock)
+    return None
