@@ -83,7 +83,15 @@ def wait_for_rows(
     while time.monotonic() < deadline:
         for table in expected:
             try:
-                rows[table] = _get_json(f"{api_url}rpf-db/{table}?limit=100000")
+                rows[table] = _get_json(f"{api_url}rpf-db/{table}?limit=10000")
+            except urllib.error.HTTPError as error:
+                if error.code != 404:
+                    # 404: the table does not exist yet; anything else is a bug.
+                    raise DaemonFailed(
+                        f"the player's API answered {error.code} for {table}: "
+                        + error.read().decode("utf-8", "replace")
+                    ) from None
+                rows[table] = []
             except OSError:
                 rows[table] = []
         if all(len(rows[table]) >= count for table, count in expected.items()):
