@@ -11,7 +11,7 @@ retry cannot double what was already stored.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import gatherResults
 from twisted.internet.interfaces import IReactorTime
@@ -61,20 +61,7 @@ class SourcePipeline:
         @raise BufferFull: a target buffer is full; nothing was stored.
         """
         self._stats.saw(content, self._clock.seconds())
-        if self.script is None:
-            assert self.config.target_sink is not None
-            return await self._store([(self.config.target_sink, content)])
-        try:
-            emitted = self.script.process(content)
-        except ScriptFailure as failure:
-            self._stats.drop("script_error")
-            self._log.warn(
-                "source {source}: script failed, event dropped: {error}",
-                source=self.config.id,
-                error=str(failure),
-            )
-            return 0
-        return await self._store(emitted)
+        return await self._store(self._transform(content))
 
     async def submit_many(self, contents: Sequence[str]) -> int:
         """
@@ -87,21 +74,7 @@ class SourcePipeline:
         @return: how many events were buffered.
         @raise BufferFull: a target buffer is full; nothing was stored.
         """
-        emitted: Emitted = []
-        if self.script is None:
-            assert self.config.target_sink is not None
-            emitted = [(self.config.target_sink, content) for content in contents]
-        else:
-            for content in contents:
-                try:
-                    emitted.extend(self.script.process(content))
-                except ScriptFailure as failure:
-                    self._stats.drop("script_error")
-                    self._log.warn(
-                        "source {source}: script failed, event dropped: {error}",
-                        source=self.config.id,
-                        error=str(failure),
-                    )
+        emitted = [item for content in contents for item in self._transform(content)]
         stored = await self._store(emitted, refusal_is_loss=False)
         now = self._clock.seconds()
         for content in contents:
@@ -112,17 +85,36 @@ class SourcePipeline:
         """Run the script's C{TimerHandler} and commit what it emits."""
         if self.script is None:
             return 0
+        return await self._store(
+            self._guarded(
+                self.script.timer, "source {source}: TimerHandler failed: {error}"
+            )
+        )
+
+    def _transform(self, content: str) -> Emitted:
+        """Run C{Process} on one event, or pass it to the C{targetSink}."""
+        if self.script is None:
+            assert self.config.target_sink is not None
+            return [(self.config.target_sink, content)]
+        return self._guarded(
+            self.script.process,
+            "source {source}: script failed, event dropped: {error}",
+            content,
+        )
+
+    def _guarded(
+        self, call: Callable[..., Emitted], message: str, *arguments: str
+    ) -> Emitted:
+        """
+        Call into the script; a failure costs only this call's emits and is
+        counted as C{script_error} and logged (at most once per 30 s).
+        """
         try:
-            emitted = self.script.timer()
+            return call(*arguments)
         except ScriptFailure as failure:
             self._stats.drop("script_error")
-            self._log.warn(
-                "source {source}: TimerHandler failed: {error}",
-                source=self.config.id,
-                error=str(failure),
-            )
-            return 0
-        return await self._store(emitted)
+            self._log.warn(message, source=self.config.id, error=str(failure))
+            return []
 
     async def _store(self, emitted: Emitted, refusal_is_loss: bool = True) -> int:
         by_sink: dict[str, list[str]] = defaultdict(list)
