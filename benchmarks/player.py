@@ -41,7 +41,7 @@ from typing import Any
 
 import attrs
 
-from benchmarks.run import Figure
+from benchmarks.run import Figure, report
 from replayforge.player.sinks.base import QueuedEvent
 from replayforge.player.sinks.dbwrite import TableWriter
 
@@ -163,22 +163,6 @@ def run_in_child(quick: bool) -> list[Figure]:
 def measure(quick: bool = False) -> list[Figure]:
     """Measure the player's sinks; the figures suit C{benchmarks.run.report}."""
     return run_in_child(quick)
-
-
-def report(figures: Sequence[Figure]) -> list[str]:
-    """Format the figures as a table."""
-    lines = [
-        f"{'measure':<22} {'ours/s':>10} {'baseline':<18} {'baseline/s':>11} "
-        f"{'ratio':>6} {'target/s':>10}"
-    ]
-    for figure in figures:
-        verdict = "met" if figure.met else "MISSED"
-        lines.append(
-            f"{figure.name:<22} {figure.ours:>10,.0f} {figure.baseline_name:<18} "
-            f"{figure.baseline:>11,.0f} {figure.ratio:>6.2f} "
-            f"{figure.target:>10,.0f} {verdict}"
-        )
-    return lines
 
 
 def child(quick: bool) -> int:

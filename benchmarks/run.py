@@ -291,16 +291,17 @@ def machine() -> list[str]:
 
 def report(figures: Sequence[Figure]) -> list[str]:
     """Format the figures as a table."""
+    width = max([16, *(len(figure.baseline_name) for figure in figures)])
     lines = [
-        f"{'measure':<22} {'ours/s':>10} {'baseline':<16} {'baseline/s':>11} "
+        f"{'measure':<22} {'ours/s':>10} {'baseline':<{width}} {'baseline/s':>11} "
         f"{'ratio':>6} {'target/s':>10}"
     ]
     for figure in figures:
         verdict = "met" if figure.met else "MISSED"
         lines.append(
-            f"{figure.name:<22} {figure.ours:>10,.0f} {figure.baseline_name:<16} "
-            f"{figure.baseline:>11,.0f} {figure.ratio:>6.2f} "
-            f"{figure.target:>10,.0f} {verdict}"
+            f"{figure.name:<22} {figure.ours:>10,.0f} "
+            f"{figure.baseline_name:<{width}} {figure.baseline:>11,.0f} "
+            f"{figure.ratio:>6.2f} {figure.target:>10,.0f} {verdict}"
         )
     return lines
 
