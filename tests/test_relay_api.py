@@ -25,8 +25,9 @@ from twisted.web.client import ResponseNeverReceived
 from replayforge.relay.api import RelayAPI, StatusAPI
 from replayforge.relay.bucket import BucketStore
 from replayforge.relay.config import BucketConfig, RelayConfig
-from replayforge.relay.stats import GO_ZERO_TIME, RelayStats
+from replayforge.relay.stats import RelayStats
 from replayforge.relay.tap import RelayService
+from replayforge.status import GO_ZERO_TIME
 
 SHARED_TOKEN = "shared-token"
 METRICS_TOKEN = "metrics-token"

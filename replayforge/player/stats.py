@@ -7,14 +7,15 @@ tell a script error from a sink that gave up.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import attrs
 
+from replayforge.status import DropCounts
+
 
 @attrs.define
-class SourceStats:
+class SourceStats(DropCounts):
     """
     Counts of one pulled bucket.
 
@@ -36,12 +37,6 @@ class SourceStats:
     pull_errors: int = 0
     paused: int = 0
     last_pull: float | None = None
-    dropped: Counter[str] = attrs.field(factory=Counter)
-
-    def drop(self, reason: str, count: int = 1) -> None:
-        """Count C{count} events lost for C{reason}."""
-        if count:
-            self.dropped[reason] += count
 
     def as_json(self) -> dict[str, Any]:
         """Render for C{/statusz}."""
@@ -58,7 +53,7 @@ class SourceStats:
 
 
 @attrs.define
-class SinkStats:
+class SinkStats(DropCounts):
     """
     Counts of one sink.
 
@@ -74,12 +69,6 @@ class SinkStats:
     retries: int = 0
     failures: int = 0
     expired: int = 0
-    dropped: Counter[str] = attrs.field(factory=Counter)
-
-    def drop(self, reason: str, count: int = 1) -> None:
-        """Count C{count} events lost for C{reason}."""
-        if count:
-            self.dropped[reason] += count
 
     def as_json(self) -> dict[str, Any]:
         """Render for C{/statusz}."""

@@ -4,17 +4,16 @@ What the proxy has done, per source and per sink, for C{/statusz}.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from replayforge.relay.stats import go_duration, rfc3339
+from replayforge.status import DropCounts, go_duration, rfc3339
 
 
 @attrs.define
-class SourceStats:
+class SourceStats(DropCounts):
     """
     Counts of one source.
 
@@ -26,7 +25,6 @@ class SourceStats:
     emitted: int = 0
     last_message_at: float | None = None
     last_message: str = ""
-    dropped: Counter[str] = attrs.field(factory=Counter)
     detail: Callable[[], dict[str, Any]] | None = None
 
     def saw(self, content: str, now: float) -> None:
@@ -34,10 +32,6 @@ class SourceStats:
         self.received += 1
         self.last_message_at = now
         self.last_message = content[:15]
-
-    def drop(self, reason: str, count: int = 1) -> None:
-        """Count C{count} events lost for C{reason}."""
-        self.dropped[reason] += count
 
     def as_json(self) -> dict[str, Any]:
         """Render for C{/statusz}."""
@@ -52,7 +46,7 @@ class SourceStats:
 
 
 @attrs.define
-class SinkStats:
+class SinkStats(DropCounts):
     """
     Counts of one sink and its forwarder.
 
@@ -68,16 +62,11 @@ class SinkStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     last_forward_at: float | None = None
-    dropped: Counter[str] = attrs.field(factory=Counter)
 
     def forwarded(self, count: int, now: float) -> None:
         """Count C{count} events the relay stored."""
         self.forwarded_events += count
         self.last_forward_at = now
-
-    def drop(self, reason: str, count: int = 1) -> None:
-        """Count C{count} events lost for C{reason}."""
-        self.dropped[reason] += count
 
     def as_json(self, pending: int, buffer_bytes: int, cap: int) -> dict[str, Any]:
         """Render for C{/statusz}."""

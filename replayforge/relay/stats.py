@@ -8,33 +8,13 @@ C{dropped} (ours) counts every event lost or refused, by reason.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 
-GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+from replayforge.status import go_duration, rfc3339
+
 SILENT_HOST_SECONDS = 3600
-
-
-def rfc3339(seconds: float | None) -> str:
-    """Format a Unix time as RFC 3339 in UTC; never is Go's zero time."""
-    if seconds is None:
-        return GO_ZERO_TIME
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def go_duration(seconds: float) -> str:
-    """Format a duration the way Go's C{time.Duration} prints it."""
-    whole_hours, rest = divmod(seconds, 3600)
-    minutes, rest = divmod(rest, 60)
-    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
-    if whole_hours:
-        return f"{int(whole_hours)}h{int(minutes)}m{text}"
-    if minutes:
-        return f"{int(minutes)}m{text}"
-    return text
 
 
 @attrs.define

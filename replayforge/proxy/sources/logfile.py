@@ -39,7 +39,7 @@ from replayforge.proxy.sources.tail import (
     Notice,
     TailBatch,
 )
-from replayforge.relay.stats import rfc3339
+from replayforge.status import rfc3339
 
 log = Logger()
 
