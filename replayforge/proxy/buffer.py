@@ -44,6 +44,16 @@ _SCHEMA = (
 ROW_OVERHEAD_BYTES = 16
 
 
+def utf8_length(text: str) -> int:
+    """
+    Return the UTF-8 size of C{text}, encoding it only when it is not ASCII.
+
+    Every appended and deleted event is measured; C{str.isascii} costs
+    nothing in CPython, so the usual ASCII event is never copied for it.
+    """
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
 class BufferFull(Exception):
     """The buffer is over its cap; the events were not stored."""
 
@@ -133,7 +143,7 @@ class SinkBuffer:
 
     @staticmethod
     def _sizes(contents: Sequence[str]) -> tuple[int, int]:
-        content_bytes = sum(len(text.encode("utf-8")) for text in contents)
+        content_bytes = sum(utf8_length(text) for text in contents)
         return content_bytes, content_bytes + ROW_OVERHEAD_BYTES * len(contents)
 
     def would_overflow(self, contents: Sequence[str]) -> bool:
@@ -212,7 +222,7 @@ class SinkBuffer:
     def delete(self, events: Sequence[BufferedEvent]) -> Deferred[None]:
         """Delete C{events}, once the relay holds them."""
         ids = [event.id for event in events]
-        size = sum(len(event.content.encode("utf-8")) for event in events)
+        size = sum(utf8_length(event.content) for event in events)
         done = run_interaction(self._pool, self._delete, ids)
 
         def deleted(count: int) -> None:

@@ -247,7 +247,10 @@ def _parse_event_array(body: bytes) -> list[str]:
     if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
         raise BadRequest(400, "invalid body: expected a JSON array of strings")
     try:
-        "".join(events).encode("utf-8")
+        # Only text that is not ASCII can hold a surrogate; isascii is free.
+        for event in events:
+            if not event.isascii():
+                event.encode("utf-8")
     except UnicodeEncodeError:
         raise BadRequest(
             400, "invalid body: a string holds an unpaired UTF-16 surrogate"
