@@ -278,13 +278,3 @@ class BucketStore:
             return size
 
         return done.addCallback(measured)
-
-    def file_bytes(self) -> int:
-        """Return the size of the database file and its WAL on disk."""
-        total = 0
-        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
-            try:
-                total += path.stat().st_size
-            except OSError:
-                pass
-        return total
