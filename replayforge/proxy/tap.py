@@ -22,7 +22,6 @@ from replayforge.periodic import PeriodicTask
 from replayforge.proxy.buffer import SinkBuffer
 from replayforge.proxy.config import ProxyConfig, load_proxy_config
 from replayforge.proxy.forwarder import Forwarder
-from replayforge.proxy.http_source import CaptureResource
 from replayforge.proxy.pipeline import SourcePipeline
 from replayforge.proxy.sources.services import source_service
 from replayforge.proxy.stats import SinkStats, SourceStats, uptime
@@ -180,10 +179,7 @@ class ProxyService(MultiService):
                     pipeline.run_timer,
                     clock,
                 ).setServiceParent(self)
-            if source.type == "http" and source.listen:
-                site = make_site(CaptureResource(pipeline), source.max_body_bytes)
-                listening_service(source.listen, site, reactor).setServiceParent(self)
-            pulled = source_service(
+            source_service(
                 source,
                 pipeline,
                 self.source_stats[source.id],
@@ -191,9 +187,7 @@ class ProxyService(MultiService):
                 clock,
                 config.env_name,
                 config.host_name,
-            )
-            if pulled is not None:
-                pulled.setServiceParent(self)
+            ).setServiceParent(self)
 
         if config.listen_status:
             status = make_site(StatusAPI(self).app.resource())

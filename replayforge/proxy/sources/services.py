@@ -10,6 +10,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
 
 from replayforge.proxy.config import ProxySourceConfig
+from replayforge.proxy.http_source import CaptureResource
 from replayforge.proxy.pipeline import SourcePipeline
 from replayforge.proxy.sources.blocking import ReactorThreads
 from replayforge.proxy.sources.logfile import LogFileService, LogFileSource
@@ -27,6 +28,7 @@ from replayforge.proxy.sources.system_stats import (
     SystemStatsSource,
 )
 from replayforge.proxy.stats import SourceStats
+from replayforge.web import listening_service, make_site
 
 
 def source_service(
@@ -37,15 +39,18 @@ def source_service(
     clock: IReactorTime,
     env_name: str,
     host_name: str,
-) -> IService | None:
+) -> IService:
     """
-    Make the service of the source C{config}, or L{None} for a type that
-    needs none here (C{http}, whose listener the proxy builds).
+    Make the service of the source C{config}: the listener of an C{http}
+    source, the polling task of any other.
 
     @param reactor: provides threads and runs the SQLite pools.
     @raise replayforge.store.StoreUnavailable: when a log file's position
         store cannot be opened.
     """
+    if config.type == "http" and config.listen:
+        site = make_site(CaptureResource(pipeline), config.max_body_bytes)
+        return listening_service(config.listen, site, reactor)
     settings = config.settings
     threads = ReactorThreads(reactor)
     if isinstance(settings, LogFileSettings):
@@ -72,4 +77,4 @@ def source_service(
     if isinstance(settings, PgCallSettings):
         calls = PgCallSource(config.id, settings, pipeline, stats, reactor, clock)
         return PgCallService(calls, clock)
-    return None
+    raise ValueError(f"source {config.id!r}: no service for type {config.type!r}")
