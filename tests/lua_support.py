@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from replayforge.lua import LuaScript, LuaSettings, available_engines
@@ -25,14 +25,6 @@ function Process(content, emit)
   assert(load("local emit = ...\\n" .. content, "=body"))(emit)
 end
 """
-
-
-def capture_logs(test: SynchronousTestCase) -> list[LogEvent]:
-    """Collect every log event until C{test} ends."""
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    test.addCleanup(globalLogPublisher.removeObserver, events.append)
-    return events
 
 
 def script_lines(events: list[LogEvent]) -> list[tuple[str, str]]:

@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from replayforge.config import (
@@ -27,27 +26,7 @@ from replayforge.relay.config import (
     load_relay_config,
     parse_relay_config,
 )
-
-
-def capture_log(test: SynchronousTestCase) -> list[LogEvent]:
-    """
-    Collect every log event emitted until C{test} ends.
-
-    @return: a list that fills as events are logged.
-    """
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    test.addCleanup(globalLogPublisher.removeObserver, events.append)
-    return events
-
-
-def warnings_in(events: list[LogEvent]) -> list[str]:
-    """Return the text of the warnings among C{events}, in order."""
-    return [
-        formatEvent(event)
-        for event in events
-        if event.get("log_level") == LogLevel.warn
-    ]
+from tests.log_support import capture_log, warnings_in
 
 
 def temporary_folder(test: SynchronousTestCase) -> Path:

@@ -18,7 +18,7 @@ from replayforge.backoff import Backoff
 from replayforge.lua import LuaScript
 from replayforge.proxy.config import ProxySinkConfig
 from replayforge.proxy.forwarder import Forwarder
-from tests.lua_support import capture_logs
+from tests.log_support import capture_log
 
 DATADOG = """
 function TransformBatch(messages, request)
@@ -156,7 +156,7 @@ class TransformBatchTests(forwarder_tests.ForwarderTestCase):
 
     def test_failure_logged_once(self) -> None:
         """A script failing on every try is logged once per 30 seconds."""
-        events = capture_logs(self)
+        events = capture_log(self)
         self.start_with(
             "function TransformBatch(m, r)\n  assert(false, 'always')\nend\n"
         )

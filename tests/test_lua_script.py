@@ -20,7 +20,8 @@ from replayforge.lua import (
     ScriptFailure,
     read_lua_settings,
 )
-from tests.lua_support import LUAJIT_MISSING, ScriptTestCase, capture_logs, script_lines
+from tests.log_support import capture_log
+from tests.lua_support import LUAJIT_MISSING, ScriptTestCase, script_lines
 
 
 class EntryPointTests(ScriptTestCase):
@@ -308,7 +309,7 @@ class LoggingTests(ScriptTestCase):
 
     def test_levels_and_tag(self) -> None:
         """Each helper logs at its level, tagged with the source or sink."""
-        events = capture_logs(self)
+        events = capture_log(self)
         script = self.load(
             "function Process(content, emit)\n"
             "  trace('t') debug('d') info('i', 2) warn('w') error('e')\n"
@@ -332,7 +333,7 @@ class LoggingTests(ScriptTestCase):
 
     def test_invalid_utf8_logged(self) -> None:
         """A log message with bytes that are not UTF-8 is logged, repaired."""
-        events = capture_logs(self)
+        events = capture_log(self)
         self.evaluator().process("info('a\\255')")
         self.assertEqual(script_lines(events), [("info", "[source:test] a\ufffd")])
 

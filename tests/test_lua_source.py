@@ -26,7 +26,7 @@ from replayforge.proxy.config import ProxySourceConfig
 from replayforge.proxy.http_source import CaptureResource
 from replayforge.proxy.pipeline import SourcePipeline
 from replayforge.proxy.stats import SinkStats, SourceStats
-from tests.lua_support import capture_logs
+from tests.log_support import capture_log
 
 MIB = 1024 * 1024
 
@@ -111,7 +111,7 @@ class ScriptedSourceTests(TestCase):
         buffered; each failure is counted, every client answered, and the
         failure logged once, with the script's line.
         """
-        events = capture_logs(self)
+        events = capture_log(self)
         pipeline, buffer = await self.pipeline(EVERY_OTHER)
         client = StubTreq(CaptureResource(pipeline))
 
@@ -144,7 +144,7 @@ class ScriptedSourceTests(TestCase):
         The same failure is logged again once 30 seconds have passed, with
         the count of those held back.
         """
-        events = capture_logs(self)
+        events = capture_log(self)
         pipeline, _ = await self.pipeline(EVERY_OTHER)
         call = json.dumps({"body": "x"})
         for _ in range(6):

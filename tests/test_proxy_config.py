@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from replayforge.config import ConfigError
@@ -23,6 +22,7 @@ from replayforge.proxy.config import (
     ProxyConfig,
     load_proxy_config,
 )
+from tests.log_support import capture_log, warnings_in
 
 # A proxy configuration as the Go proxy read it, with every key it knew.
 GO_ERA_CONFIG: dict[str, Any] = {
@@ -90,23 +90,6 @@ def minimal_config(**top: Any) -> dict[str, Any]:
     }
     document.update(top)
     return document
-
-
-def capture_log(test: SynchronousTestCase) -> list[LogEvent]:
-    """Collect every log event emitted until C{test} ends."""
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    test.addCleanup(globalLogPublisher.removeObserver, events.append)
-    return events
-
-
-def warnings_in(events: list[LogEvent]) -> list[str]:
-    """Return the text of the warnings among C{events}."""
-    return [
-        formatEvent(event)
-        for event in events
-        if event.get("log_level") == LogLevel.warn
-    ]
 
 
 class ProxyConfigTestCase(SynchronousTestCase):
