@@ -107,7 +107,13 @@ class HttpSink(Sink):
         self.settings: HttpSinkSettings = config.settings
         concurrency = self.settings.max_concurrency
         self.batch_size = max(8, 4 * concurrency)
-        self._caller = WebCaller(reactor, self.settings.timeout_seconds, concurrency)
+        self._caller = WebCaller(
+            reactor,
+            self.settings.timeout_seconds,
+            concurrency,
+            self.settings.outgoing,
+            f"sink {self.name}",
+        )
 
     def stop(self) -> Deferred[None]:
         """Cancel the calls in flight and close the idle connections."""

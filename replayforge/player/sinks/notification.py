@@ -121,7 +121,11 @@ class NotificationSink(Sink):
         assert isinstance(config.settings, NotificationSinkSettings)
         self.settings: NotificationSinkSettings = config.settings
         self._caller = WebCaller(
-            reactor, self.settings.timeout_seconds, len(self.settings.webhooks)
+            reactor,
+            self.settings.timeout_seconds,
+            len(self.settings.webhooks),
+            self.settings.outgoing,
+            f"sink {self.name}",
         )
         # Webhooks that took an event whose other webhooks are retried.
         self._taken: dict[int, set[str]] = {}

@@ -18,6 +18,7 @@ import attrs
 
 from replayforge.backoff import Backoff
 from replayforge.config import Section
+from replayforge.outgoing import OutgoingSettings, read_outgoing_settings
 
 DEFAULT_HTTP_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_RETRIES = 5
@@ -65,6 +66,7 @@ class HttpSinkSettings:
     timeout_seconds: float = DEFAULT_HTTP_TIMEOUT_SECONDS
     retry: RetryPolicy = RetryPolicy()
     max_concurrency: int = DEFAULT_HTTP_CONCURRENCY
+    outgoing: OutgoingSettings = attrs.field(factory=OutgoingSettings)
 
 
 @attrs.frozen
@@ -111,6 +113,7 @@ class NotificationSinkSettings:
     webhooks: tuple[WebhookSettings, ...]
     timeout_seconds: float = DEFAULT_HTTP_TIMEOUT_SECONDS
     retry: RetryPolicy = RetryPolicy()
+    outgoing: OutgoingSettings = attrs.field(factory=OutgoingSettings)
 
 
 SinkSettings = (
@@ -173,7 +176,8 @@ def _status_codes(params: Section, key: str, value: Any) -> frozenset[int]:
 def read_http_settings(params: Section) -> HttpSinkSettings:
     """
     Read an C{http} sink's C{targetHost}, C{timeoutSecs},
-    C{maxConcurrency} and retry policy.
+    C{maxConcurrency}, retry policy and TLS keys (C{caFile}, C{clientCert},
+    C{clientKey}, C{insecureSkipVerify}).
     """
     target = params.text("targetHost")
     if not target.startswith(("http://", "https://")):
@@ -193,6 +197,7 @@ def read_http_settings(params: Section) -> HttpSinkSettings:
         ),
         retry=read_retry_policy(params),
         max_concurrency=concurrency,
+        outgoing=read_outgoing_settings(params),
     )
 
 
@@ -241,8 +246,9 @@ def read_log_settings(params: Section) -> LogSinkSettings:
 def read_notification_settings(params: Section) -> NotificationSinkSettings:
     """
     Read a C{notification} sink's C{webhooks} (name to C{url}, C{method},
-    C{contentType}, C{header}, C{buildPayload}), C{timeoutSecs} and retry
-    policy.
+    C{contentType}, C{header}, C{buildPayload}), C{timeoutSecs}, retry
+    policy and TLS keys (C{caFile}, C{clientCert}, C{clientKey},
+    C{insecureSkipVerify}: one set for all its webhooks).
     """
     webhooks = []
     for name, hook in params.named_sections("webhooks"):
@@ -281,6 +287,7 @@ def read_notification_settings(params: Section) -> NotificationSinkSettings:
             "timeoutSecs", DEFAULT_HTTP_TIMEOUT_SECONDS, minimum=0.001
         ),
         retry=read_retry_policy(params),
+        outgoing=read_outgoing_settings(params),
     )
 
 

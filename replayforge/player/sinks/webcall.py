@@ -25,7 +25,6 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import (
-    Agent,
     FileBodyProducer,
     RequestTransmissionFailed,
     ResponseDone,
@@ -35,9 +34,9 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
+from replayforge.outgoing import OutgoingSettings, client_pool, make_agent
 from replayforge.player.sinks.base import DELIVERED, Outcome, Rejected, Retry
 from replayforge.player.sinks.settings import RetryPolicy
-from replayforge.web import client_pool
 
 MAX_RETRY_AFTER_SECONDS = 3600.0
 
@@ -114,12 +113,21 @@ def retry_after(response: IResponse, now: float) -> float | None:
 class WebCaller:
     """Requests to one sink's targets, over a pool of kept-alive connections."""
 
-    def __init__(self, reactor: Any, timeout: float, connections: int = 2) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        timeout: float,
+        connections: int = 2,
+        outgoing: OutgoingSettings | None = None,
+        name: str = "sink",
+    ) -> None:
         self._clock: IReactorTime = reactor
         self.timeout = timeout
         self._pool = client_pool(reactor)
         self._pool.maxPersistentPerHost = max(2, connections)
-        self._agent = Agent(reactor, pool=self._pool, connectTimeout=timeout)
+        self._agent = make_agent(
+            reactor, outgoing or OutgoingSettings(), name, self._pool, timeout
+        )
         self._cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
         self._in_flight: set[Deferred[Outcome]] = set()
 
