@@ -2,9 +2,9 @@
 What the three daemons' HTTP listeners share.
 
 Listeners are described by Twisted endpoint strings, so TLS is one line of
-configuration; a Go-era port number becomes C{tcp:PORT}.  Requests carry a
-body limit enforced before the body is held in memory, and bearer tokens are
-compared in constant time.
+configuration; a Go-era port number becomes C{tcp:PORT}.  Connections carry
+the bounds of L{replayforge.httplimits} (body size, head size, time), and
+bearer tokens are compared in constant time.
 """
 
 from __future__ import annotations
@@ -15,17 +15,24 @@ from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http import Request as HTTPRequest
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
+
+from replayforge.httplimits import (
+    DEFAULT_IDLE_TIMEOUT_SECONDS,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADER_COUNT,
+    DEFAULT_RECEIVE_TIMEOUT_SECONDS,
+    LimitedChannel,
+    LimitedRequest,
+)
 
 log = Logger()
-
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 def endpoint_description(listen: str | None, port: int | None) -> str | None:
@@ -84,75 +91,57 @@ def text_body(request: IRequest, code: int, message: str) -> bytes:
     return message.encode("utf-8")
 
 
-class LimitedRequest(Request):
-    """
-    A request that refuses a body over C{max_body_bytes} with 413.
-
-    The check runs on the announced C{Content-Length} before any byte of the
-    body is read, and on the running total of a chunked body; the connection
-    is closed after the answer, so the rest of the body is never buffered.
-    """
-
-    max_body_bytes = DEFAULT_MAX_BODY_BYTES
-    _received = 0
-    _refused = False
-
-    def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.max_body_bytes:
-            self._refuse_oversized()
-            return
-        super().gotLength(length)  # type: ignore[no-untyped-call]  # unannotated in Twisted
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self._refused:
-            return
-        self._received += len(data)
-        if self._received > self.max_body_bytes:
-            self._refuse_oversized()
-            return
-        super().handleContentChunk(data)  # type: ignore[no-untyped-call]  # unannotated in Twisted
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self._refused:
-            return
-        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # unannotated in Twisted
-
-    def _refuse_oversized(self) -> None:
-        self._refused = True
-        # Without this the channel would still invite the body with 100.
-        self.requestHeaders.removeHeader(b"Expect")
-        message = f"request body over the limit of {self.max_body_bytes} bytes\n"
-        body = message.encode("ascii")
-        transport = self.channel.transport
-        # The channel is connected: it is reading this request's body.
-        assert transport is not None
-        transport.write(
-            b"HTTP/1.1 413 Content Too Large\r\n"
-            b"Content-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s" % (len(body), body)
-        )
-        transport.loseConnection()
-
-
 def make_site(
     resource: IResource,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     access_log: bool = False,
+    decode_gzip: bool = False,
+    reactor: IReactorTime | None = None,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT_SECONDS,
+    receive_timeout: float | None = DEFAULT_RECEIVE_TIMEOUT_SECONDS,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
 ) -> Site:
     """
-    Wrap C{resource} in a L{Site} whose requests carry a body limit.
+    Wrap C{resource} in a L{Site} whose connections carry the limits of
+    L{replayforge.httplimits}.
 
     Form bodies are left unparsed: handlers see the raw bytes, and a
     malformed multipart body is theirs to judge, not refused with a 400.
+
+    @param decode_gzip: inflate C{Content-Encoding: gzip} bodies before the
+        handler sees them, the limit applying to the inflated size.
+    @param reactor: the clock of the timeouts; the global reactor if
+        L{None}, as for any L{Site}.
+    @param idle_timeout: seconds a connection may stay silent.
+    @param receive_timeout: seconds from a request's first byte to the end
+        of its body, or L{None} for no bound.
     """
 
     class Limited(LimitedRequest):
         pass
 
     Limited.max_body_bytes = max_body_bytes
+    Limited.decode_gzip = decode_gzip
+
+    class Channel(LimitedChannel):
+        pass
+
+    Channel.max_header_bytes = max_header_bytes
+    Channel.max_header_count = max_header_count
+    Channel.receive_timeout = receive_timeout
+
     # Request.__init__ copies this flag from the site over any class attribute.
-    site = Site(resource, requestFactory=Limited, parsePOSTFormSubmission=False)
+    site = Site(
+        resource,
+        requestFactory=Limited,
+        parsePOSTFormSubmission=False,
+        timeout=idle_timeout,
+        reactor=reactor,
+    )
+    # The channel itself, without Twisted's HTTP/2-negotiating wrapper: no
+    # listener offers HTTP/2.
+    site.protocol = Channel  # type: ignore[assignment]  # a channel, not the wrapper
     if not access_log:
         site.log = _no_access_log  # type: ignore[method-assign]  # this site only
     return site
@@ -160,21 +149,3 @@ def make_site(
 
 def _no_access_log(request: HTTPRequest) -> None:
     """Skip the per-request access log line; counters tell the story."""
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """A client connection factory that does not log each connection."""
-
-    noisy = False
-
-
-def client_pool(reactor: IReactorCore) -> HTTPConnectionPool:
-    """
-    Make a persistent client connection pool for one daemon's HTTP clients.
-
-    Twisted logs "Starting factory" and "Stopping factory" for every new
-    connection otherwise, which drowns a daemon's own log lines.
-    """
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietClientFactory
-    return pool
