@@ -2,14 +2,17 @@
 What the daemons' status pages share: drop counts and Go's time formats.
 
 Every event lost by policy is counted with its reason (L{DropCounts}), the
-product's promise made visible.  Times and durations are written as the Go
-daemons wrote them, so existing dashboards keep reading them.
+product's promise made visible.  Message counts (L{MessageCounts}), times
+and durations are written as the Go daemons wrote them, so existing
+dashboards keep reading them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 
@@ -46,3 +49,61 @@ class DropCounts:
         """Count C{count} events lost for C{reason}."""
         if count:
             self.dropped[reason] += count
+
+
+LAST_MESSAGE_CHARS = 15
+
+
+def excerpt(message: str) -> str:
+    """Cut C{message} as the Go status pages did: 15 characters, then C{...}."""
+    if len(message) > LAST_MESSAGE_CHARS:
+        return message[:LAST_MESSAGE_CHARS] + "..."
+    return message
+
+
+@attrs.define
+class MessageCounts:
+    """
+    Messages counted in the current minute and since start, and the last
+    one seen, under the Go status pages' names.
+
+    @ivar last_minute: the count of the minute before this one.
+    """
+
+    by_minute: int = 0
+    last_minute: int = 0
+    since_start: int = 0
+    last_at: float | None = None
+    last_message: str = ""
+
+    def count(self, number: int, now: float, last_message: str | None = None) -> None:
+        """Count C{number} messages seen at C{now}, the last one given."""
+        if not number:
+            return
+        self.by_minute += number
+        self.since_start += number
+        self.last_at = now
+        if last_message is not None:
+            self.last_message = excerpt(last_message)
+
+    def next_minute(self) -> None:
+        """Start a new minute."""
+        self.last_minute, self.by_minute = self.by_minute, 0
+
+    def as_json(self) -> dict[str, Any]:
+        """Render with the Go field names."""
+        return {
+            "messagesByMinute": self.by_minute,
+            "lastMinuteMessages": self.last_minute,
+            "messageSinceStart": self.since_start,
+            "lastMessageDate": rfc3339(self.last_at),
+            "lastMessage": self.last_message,
+        }
+
+
+def total_drops(records: Iterable[DropCounts]) -> dict[str, int]:
+    """Add up the drops of C{records} by reason, for a daemon's totals."""
+    total: Counter[str] = Counter()
+    for record in records:
+        total.update(record.dropped)
+    return dict(sorted(total.items()))

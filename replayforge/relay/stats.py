@@ -8,6 +8,7 @@ C{dropped} (ours) counts every event lost or refused, by reason.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -86,6 +87,9 @@ class RelayStats:
         self.hostnames: dict[str, Traffic] = {}
         self.node_info: dict[str, dict[str, Any]] = {}
         self.dropped: Counter[tuple[str, str]] = Counter()
+        # Per bucket, told the size and store time of every batch stored
+        # (the metrics' histograms).
+        self.batch_observers: dict[str, Callable[[int, float], None]] = {}
 
     def _keys(self, bucket: str, env: str, host: str) -> list[Traffic]:
         keyed = [self.buckets[bucket]]
@@ -107,6 +111,12 @@ class RelayStats:
         for traffic in self._keys(bucket, env, host):
             traffic.sent(count, now)
 
+    def batch_stored(self, bucket: str, count: int, seconds: float) -> None:
+        """Tell the metrics of a batch of C{count} stored in C{seconds}."""
+        observe = self.batch_observers.get(bucket)
+        if observe is not None:
+            observe(count, seconds)
+
     def drop(self, bucket: str, reason: str, count: int) -> None:
         """Count C{count} events of C{bucket} lost or refused for C{reason}."""
         if count:
@@ -121,6 +131,10 @@ class RelayStats:
                 del self.hostnames[host]
             else:
                 traffic.next_minute()
+        self.forget_silent_nodes(now)
+
+    def forget_silent_nodes(self, now: float) -> None:
+        """Forget the node reports of hosts silent for an hour."""
         for host, info in list(self.node_info.items()):
             if now - info["_received"] > SILENT_HOST_SECONDS:
                 del self.node_info[host]
@@ -137,6 +151,7 @@ class RelayStats:
 
         @param sizes: per bucket, the bytes in use and the cap (or L{None}).
         """
+        self.forget_silent_nodes(now)
         buckets = {}
         for name, traffic in self.buckets.items():
             used, cap = sizes.get(name, (0, None))
