@@ -1,6 +1,12 @@
 """
 The C{replayforge} command: tools beside the daemons.
 
+C{replayforge check -c FILE} loads a daemon's configuration with that
+daemon's own loader and prints it resolved, defaults filled in and secrets
+masked; an invalid file is reported in one line and exits 1.
+C{replayforge status URL} prints a relay's C{/statusz} as tables; a relay
+that cannot be read is reported in one line and exits 1.
+
 C{replayforge lua SCRIPT} runs a source script over the lines of a file, or
 of standard input, the way a proxy's C{logfile} source would feed it: each
 line is wrapped as that source wraps it (or passed as it is with C{--raw}),
@@ -16,9 +22,10 @@ import argparse
 import contextlib
 import functools
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import attrs
 from twisted.logger import (
@@ -31,12 +38,22 @@ from twisted.logger import (
     globalLogPublisher,
 )
 
+from replayforge.config import ConfigError
+from replayforge.configcheck import PARSERS, load_for_check, render
 from replayforge.lua import Emitted, LuaScript, ScriptError, ScriptFailure
 from replayforge.proxy.logline import DEFAULT_HTTP_PATH, decode_line, wrap_line
+from replayforge.statusview import (
+    DEFAULT_TIMEOUT_SECONDS,
+    StatusUnavailable,
+    fetch_status,
+    render_status,
+    statusz_url,
+)
 
 EXIT_OK = 0
 EXIT_FAILED_CALLS = 1
 EXIT_CANNOT_START = 2
+EXIT_INVALID = 1
 
 LOG_LEVELS = {
     "debug": LogLevel.debug,
@@ -67,6 +84,58 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a count >= 0, got {value}")
     return value
+
+
+def _seconds(text: str) -> float:
+    """Read a positive number of seconds for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value <= 300:
+        raise argparse.ArgumentTypeError(f"expected 0 < seconds <= 300, got {text}")
+    return value
+
+
+def _add_check_and_status(commands: Any) -> None:
+    check = commands.add_parser(
+        "check",
+        help="validate a daemon's configuration and print it resolved",
+        description=(
+            "Load FILE with the loader of the daemon it configures, as that "
+            "daemon would at start-up, and print it resolved (defaults filled "
+            "in, environment variables substituted, secrets masked).  Exit 1 "
+            "with one line naming the file and key when it is invalid."
+        ),
+    )
+    check.add_argument(
+        "-c", "--config", type=Path, required=True, metavar="FILE", dest="config"
+    )
+    check.add_argument(
+        "--daemon",
+        choices=sorted(PARSERS),
+        help="the daemon FILE is for (default: told from its keys)",
+    )
+    check.add_argument("--json", action="store_true", help="print JSON, not YAML")
+    check.set_defaults(run=run_check)
+
+    status = commands.add_parser(
+        "status",
+        help="print a relay's status as tables",
+        description=(
+            "Fetch URL/statusz (URL may be the relay's status listener or its "
+            "statusz URL) and print its buckets, environments and hosts."
+        ),
+    )
+    status.add_argument("url", metavar="URL")
+    status.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help=f"give up after this long (default: {DEFAULT_TIMEOUT_SECONDS:g})",
+    )
+    status.set_defaults(run=run_status)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the least level of script logs shown on stderr (default: debug)",
     )
     lua.set_defaults(run=run_lua)
+    _add_check_and_status(commands)
     return parser
 
 
@@ -161,6 +231,37 @@ def _stderr_observer(stream: TextIO, level: LogLevel) -> FilteringLogObserver:
         FileLogObserver(stream, line),
         [LogLevelFilterPredicate(defaultLogLevel=level)],
     )
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def run_check(options: argparse.Namespace, streams: Streams) -> int:
+    """Run the C{check} subcommand; see the module's docstring."""
+    observer = _stderr_observer(streams.stderr, LogLevel.warn)
+    globalLogPublisher.addObserver(observer)
+    try:
+        daemon, record = load_for_check(options.config, options.daemon)
+    except ConfigError as error:
+        streams.stderr.write(f"replayforge check: {_one_line(str(error))}\n")
+        return EXIT_INVALID
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    streams.stdout.write(render(daemon, str(options.config), record, options.json))
+    return EXIT_OK
+
+
+def run_status(options: argparse.Namespace, streams: Streams) -> int:
+    """Run the C{status} subcommand; see the module's docstring."""
+    try:
+        url = statusz_url(options.url)
+        document = fetch_status(url, options.timeout)
+    except StatusUnavailable as error:
+        streams.stderr.write(f"replayforge status: {_one_line(str(error))}\n")
+        return EXIT_INVALID
+    streams.stdout.write(render_status(document, time.time()))
+    return EXIT_OK
 
 
 def run_lua(options: argparse.Namespace, streams: Streams) -> int:
