@@ -278,82 +278,70 @@ class ForwarderTestCase(SynchronousTestCase):
 class BatchingTests(ForwarderTestCase):
     """When a batch goes out, and how big it is."""
 
-    def test_full_batch_sent_at_once(self) -> None:
-        """C{batchMaxEvents} events are sent at once, without waiting."""
-        self.start(sink_config(max_events=3))
-
-        self.buffer.add("a", "b")
-        self.assertEqual(self.relay.posts, [])
-        self.buffer.add("c")
-
-        self.assertEqual(self.relay.sent(), [["a", "b", "c"]])
-
-    def test_batch_holds_at_most_max_events(self) -> None:
+    def test_idle_link_sends_at_once(self) -> None:
         """
-        Of more than C{batchMaxEvents} waiting events, the oldest
-        C{batchMaxEvents} go first; the rest wait for the next batch.
-        """
-        self.start(sink_config(max_events=3))
-
-        self.buffer.add("a", "b", "c", "d", "e", "f", "g")
-
-        self.assertEqual(self.relay.sent(), [["a", "b", "c"], ["d", "e", "f"]])
-        self.assertEqual(self.buffer.contents(), ["g"])
-
-    def test_few_events_wait_for_timeout(self) -> None:
-        """
-        Fewer than C{batchMaxEvents} events wait until the oldest has waited
-        C{batchTimeoutSecs}, and then go together.
+        With no batch in flight, a pending event leaves at once, however
+        long C{batchTimeoutSecs} would let it wait for company.
         """
         self.start(sink_config(max_events=10, timeout_seconds=5))
 
         self.buffer.add("a")
-        self.clock.advance(2)
-        self.buffer.add("b")
-        self.clock.advance(2.5)
-        self.assertEqual(self.relay.posts, [])
-
-        self.clock.advance(0.5)
-
-        self.assertEqual(self.relay.sent(), [["a", "b"]])
-
-    def test_timeout_counts_from_oldest_remaining(self) -> None:
-        """
-        After a full batch leaves, the wait of the remaining events counts
-        from the oldest of them, not from the last send.
-        """
-        self.start(sink_config(max_events=2, timeout_seconds=5))
-        self.buffer.add("a")
-        self.clock.advance(1)
-        self.buffer.add("b", "c")
-        self.assertEqual(self.relay.sent(), [["a", "b"]])
-
-        self.clock.advance(4.5)
-        self.assertEqual(len(self.relay.posts), 1)
-        self.clock.advance(0.5)
-
-        self.assertEqual(self.relay.sent(), [["a", "b"], ["c"]])
-
-    def test_zero_timeout_sends_immediately(self) -> None:
-        """With C{batchTimeoutSecs} 0 every event is sent as soon as it is seen."""
-        self.start(sink_config(max_events=10, timeout_seconds=0))
-
-        self.buffer.add("a")
 
         self.assertEqual(self.relay.sent(), [["a"]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_goal_bytes_triggers_send(self) -> None:
+    def test_events_gather_while_a_batch_is_in_flight(self) -> None:
         """
-        Once the waiting events reach C{batchGoalBytes}, they are sent without
-        waiting for C{batchMaxEvents} or the timeout.
+        Events that arrive while a batch is in flight wait for its answer,
+        then leave together in the next batch.
         """
+        answer: Deferred[RelayResponse] = Deferred()
+        self.relay.answers = [answer]
+        self.start(sink_config(max_events=10))
+        self.buffer.add("a")
+        self.buffer.add("b")
+        self.buffer.add("c")
+        self.assertEqual(self.relay.sent(), [["a"]])
+
+        answer.callback(RelayResponse(200))
+
+        self.assertEqual(self.relay.sent(), [["a"], ["b", "c"]])
+        self.assertEqual(self.buffer.contents(), [])
+
+    def test_batch_holds_at_most_max_events(self) -> None:
+        """
+        Of more than C{batchMaxEvents} waiting events, the oldest
+        C{batchMaxEvents} go first; the rest follow in the next batches.
+        """
+        answer: Deferred[RelayResponse] = Deferred()
+        self.relay.answers = [answer]
+        self.start(sink_config(max_events=3))
+        self.buffer.add("a")
+        self.buffer.add("b", "c", "d", "e", "f", "g", "h")
+
+        answer.callback(RelayResponse(200))
+
+        self.assertEqual(
+            self.relay.sent(), [["a"], ["b", "c", "d"], ["e", "f", "g"], ["h"]]
+        )
+
+    def test_batch_stops_at_goal_bytes(self) -> None:
+        """
+        A batch takes events up to the first that brings it to
+        C{batchGoalBytes}; the rest go in the next batch.
+        """
+        answer: Deferred[RelayResponse] = Deferred()
+        self.relay.answers = [answer]
         self.start(sink_config(max_events=100, goal_bytes=100))
+        self.buffer.add("first")
+        self.buffer.add("x" * 40, "y" * 40, "z" * 40, "w")
 
-        self.buffer.add("x" * 40, "y" * 40)
-        self.assertEqual(self.relay.posts, [])
-        self.buffer.add("z" * 40)
+        answer.callback(RelayResponse(200))
 
-        self.assertEqual(self.relay.sent(), [["x" * 40, "y" * 40, "z" * 40]])
+        self.assertEqual(
+            self.relay.sent(),
+            [["first"], ["x" * 40, "y" * 40, "z" * 40], ["w"]],
+        )
 
     def test_max_payload_splits(self) -> None:
         """
@@ -709,20 +697,23 @@ class StopTests(ForwarderTestCase):
         self.buffer.add("a")
         self.assertEqual(self.relay.posts, [])
 
-    def test_stop_while_waiting_for_timeout(self) -> None:
+    def test_stop_while_rate_limited(self) -> None:
         """
-        Stopping while a partial batch waits for its timeout completes at once;
-        nothing is sent later.
+        Stopping while events wait for C{maxMessagesPerMinute} to allow them
+        completes at once; nothing is sent later.
         """
-        forwarder = self.start(sink_config(timeout_seconds=5))
+        config = attrs.evolve(sink_config(), max_messages_per_minute=1)
+        forwarder = self.start(config)
         self.buffer.add("a")
+        self.buffer.add("b")
+        self.assertEqual(self.relay.sent(), [["a"]])
 
         self.successResultOf(forwarder.stop())
 
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.buffer.waiting, 0)
-        self.clock.advance(5)
-        self.assertEqual(self.relay.posts, [])
+        self.clock.advance(120)
+        self.assertEqual(self.relay.sent(), [["a"]])
 
     def test_stop_while_backing_off(self) -> None:
         """
@@ -899,21 +890,19 @@ class ForwarderWithSinkBufferTests(TestCase):
         self.assertEqual(self.relay.sent(), [["a", "b", "c"]])
         self.assertEqual(await buffer.oldest(10), [])
 
-    async def test_partial_batch_waits_for_clock(self) -> None:
+    async def test_partial_batch_goes_without_the_clock(self) -> None:
         """
-        A partial batch waits on the forwarder's clock for C{batchTimeoutSecs}
-        and then goes.
+        A partial batch on an idle link is sent and deleted without the
+        forwarder's clock moving.
         """
         buffer = await self.open_buffer()
         self.start(buffer, sink_config(max_events=10, timeout_seconds=5))
 
         await buffer.append(["a"])
-        await wait_until(lambda: bool(self.clock.getDelayedCalls()))
-        self.assertEqual(self.relay.posts, [])
-        self.clock.advance(5)
         await wait_until(lambda: buffer.pending_events == 0)
 
         self.assertEqual(self.relay.sent(), [["a"]])
+        self.assertEqual(self.clock.seconds(), 0)
 
     async def test_failed_batch_stays_on_disk(self) -> None:
         """

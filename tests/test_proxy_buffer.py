@@ -94,9 +94,9 @@ class AppendTests(SinkBufferTestCase):
 
     async def test_concurrent_appends_share_transactions(self) -> None:
         """
-        Appends made while a transaction runs are committed together in the
-        next one; each fires only once its own events are visible on disk,
-        and the events keep the order of the appends.
+        Appends made in the same turn of the reactor are committed together
+        in one transaction; each fires only once its own events are visible
+        on disk, and the events keep the order of the appends.
         """
         buffer = await self.open_buffer()
         transactions: list[int] = []
@@ -119,8 +119,8 @@ class AppendTests(SinkBufferTestCase):
         await gatherResults(appends)
 
         self.assertEqual(visible, {f"event-{n}": True for n in range(20)})
-        # The first append went alone; the other 19 came while it ran.
-        self.assertEqual(transactions, [1, 19])
+        # The transaction began on the reactor's next turn, with all of them.
+        self.assertEqual(transactions, [20])
         self.assertEqual(
             [row[1] for row in stored_rows(self.path)],
             [f"event-{n}" for n in range(20)],
@@ -446,3 +446,51 @@ class GroupCommitTests(SynchronousTestCase):
         self.failureResultOf(second, sqlite3.OperationalError)
         self.failureResultOf(third, sqlite3.OperationalError)
         self.assertEqual(self.successResultOf(fourth), 1)
+
+
+class GroupCommitOnClockTests(SynchronousTestCase):
+    """
+    Given a clock, an idle L{GroupCommit} begins its transaction on the
+    clock's next turn, with everything submitted until then.
+    """
+
+    def setUp(self) -> None:
+        self.pool = FakePool()
+        self.clock = Clock()
+        self.commit: GroupCommit[str, int] = GroupCommit(
+            self.pool,  # a fake standing in for an adbapi.ConnectionPool
+            lambda cursor, items: len(items),
+            self.clock,
+        )
+
+    def test_submissions_of_one_turn_share_a_transaction(self) -> None:
+        """
+        Nothing begins at the first submission; on the clock's next turn
+        one transaction takes every item submitted before it.
+        """
+        first = self.commit.submit(["a"])
+        second = self.commit.submit(["b", "c"])
+        self.assertEqual(self.pool.transactions, [])
+
+        self.clock.advance(0)
+        self.assertEqual(
+            [items for items, _ in self.pool.transactions], [["a", "b", "c"]]
+        )
+        self.pool.transactions[0][1].callback(3)
+
+        self.assertEqual(self.successResultOf(first), 3)
+        self.assertEqual(self.successResultOf(second), 3)
+
+    def test_submissions_during_transaction_follow_at_once(self) -> None:
+        """
+        Items submitted while a transaction runs go in the next one as soon
+        as it ends, without waiting for another turn.
+        """
+        self.commit.submit(["a"])
+        self.clock.advance(0)
+        self.commit.submit(["b"])
+
+        self.pool.transactions[0][1].callback(1)
+
+        self.assertEqual([items for items, _ in self.pool.transactions], [["a"], ["b"]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -219,12 +219,13 @@ class BucketPuller:
         """Run every new record through the processor; collect the emits."""
         batch = ProcessedBatch()
         unknown: dict[str, int] = {}
+        now = self._clock.seconds()
         for record in records:
             batch.ids.append(record.id)
             if self._queue.recognise(self.bucket, record.id, record.content):
                 self.stats.redelivered += 1
                 continue
-            self.stats.received += 1
+            self.stats.saw(record.content or "", now)
             batch.marks.append((record.id, record_digest(record.content)))
             if record.content is None:
                 self.stats.drop("invalid_record")

@@ -119,7 +119,9 @@ class SinkWorker:
         if not events:
             await self._queue.wait_for_events(name, generation)
             return 0.0
+        started = self._clock.seconds()
         outcomes = await self.sink.deliver(events)
+        self.sink.stats.batch_done(len(events), self._clock.seconds() - started)
         return await self.settle(events, outcomes)
 
     async def settle(
@@ -134,9 +136,11 @@ class SinkWorker:
         dead: list[DeadLetter] = []
         retried: list[tuple[int, int]] = []
         pause = 0.0
+        last_delivered: str | None = None
         for event, outcome in zip(events, outcomes, strict=True):
             if isinstance(outcome, Delivered):
                 delivered.append(event.id)
+                last_delivered = event.content
             elif isinstance(outcome, Rejected):
                 dead.append(
                     DeadLetter(
@@ -171,7 +175,7 @@ class SinkWorker:
                 )
 
         await self._queue.settle(self.sink.name, delivered, dead, retried)
-        stats.delivered += len(delivered)
+        stats.delivered_events(len(delivered), self._clock.seconds(), last_delivered)
         stats.retries += len(retried)
         for letter in dead:
             stats.drop(letter.reason)

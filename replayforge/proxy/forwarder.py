@@ -2,13 +2,16 @@
 Move a sink's buffered events to the relay, in order, deleting only what the
 relay has stored.
 
-One batch is in flight at a time.  A batch is sent once it is full
-(C{batchMaxEvents} events or C{batchGoalBytes} bytes) or once its oldest
-event has waited C{batchTimeoutSecs}.  It never exceeds C{maxPayloadBytes};
-an event larger than that alone is dropped and counted.  Failures back off
-exponentially with jitter and retry the same batch under the same
-C{RF-BATCH-ID}, so a relay that stored it before the answer was lost stores
-it only once.
+One batch is in flight at a time, and the next leaves as soon as it is
+settled: events that arrive while a batch is in flight wait for it and go
+together, up to C{batchMaxEvents} events or C{batchGoalBytes} bytes, so
+batches grow with the load by themselves, and an event on an idle link
+leaves at once.  C{batchTimeoutSecs} keeps its meaning, the longest an event
+waits for a fuller batch: none waits longer than the send before it.  A
+batch never exceeds C{maxPayloadBytes}; an event larger than that alone is
+dropped and counted.  Failures back off exponentially with jitter and retry
+the same batch under the same C{RF-BATCH-ID}, so a relay that stored it
+before the answer was lost stores it only once.
 
 A sink with a C{transformScript} runs its C{TransformBatch(messages,
 request)} on each batch before each attempt: the messages it returns are
@@ -28,7 +31,7 @@ from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -173,6 +176,11 @@ class Forwarder:
         self._transform = transform
         self._script_log = ThrottledLog(log, clock)
 
+    @property
+    def client(self) -> HTTPClient:
+        """The client this sink calls its relay with."""
+        return self._http
+
     def start(self) -> None:
         """Start forwarding; the loop runs until L{stop}."""
         self._stopping = False
@@ -237,7 +245,13 @@ class Forwarder:
                 failures = 0
 
     async def _next_batch(self) -> OutgoingBatch | None:
-        """Wait until a batch is worth sending, then return it."""
+        """
+        Wait until events are pending, then return the oldest as a batch.
+
+        The forwarder is free only when no batch is in flight, so whatever
+        gathered during the last send goes now: the batch is as full as the
+        relay's pace made it, and an event on an idle link leaves at once.
+        """
         batching = self.config.batching
         while not self._stopping:
             if self._buffer.pending_events == 0:
@@ -251,8 +265,8 @@ class Forwarder:
             events, encoded = await self._drop_oversized(events, encoded)
             if not events:
                 continue
-            read = len(events)
             events, encoded = _fit_payload(events, encoded, batching.max_payload_bytes)
+            events, encoded = _up_to_goal(events, encoded, batching.goal_bytes)
             if self._rate is not None:
                 allowed = self._rate.allowance()
                 if allowed < 1:
@@ -263,20 +277,7 @@ class Forwarder:
                         return None
                     continue
                 events, encoded = events[:allowed], encoded[:allowed]
-            size = sum(len(item) for item in encoded)
-            age = self._clock.seconds() - events[0].created_at
-            if (
-                len(events) >= batching.max_events
-                or size >= batching.goal_bytes
-                or age >= batching.timeout_seconds
-                or len(events) < read
-            ):
-                return self._outgoing(events, encoded)
-            fuller = self._buffer.when_pending(batching.max_events, batching.goal_bytes)
-            if not await self._sleep(
-                _first_of(fuller, batching.timeout_seconds - age, self._clock)
-            ):
-                return None
+            return self._outgoing(events, encoded)
         return None
 
     async def _drop_oversized(
@@ -444,6 +445,7 @@ class Forwarder:
 
     async def _send(self, batch: OutgoingBatch) -> None:
         body = batch.body()
+        started = self._clock.seconds()
         try:
             response = await self._http.post(
                 batch.url,
@@ -464,7 +466,7 @@ class Forwarder:
         if not 200 <= response.code < 300:
             text = answer[:200].decode("utf-8", "replace").strip()
             raise SendFailed(f"HTTP {response.code}: {text}", response.code)
-        self._stats.batches += 1
+        self._stats.batch_sent(len(batch.events), self._clock.seconds() - started)
 
 
 def _pass() -> None:
@@ -473,6 +475,18 @@ def _pass() -> None:
 
 def _encode(content: str) -> bytes:
     return json.dumps(content, ensure_ascii=False).encode("utf-8")
+
+
+def _up_to_goal(
+    events: list[BufferedEvent], encoded: list[bytes], goal: int
+) -> tuple[list[BufferedEvent], list[bytes]]:
+    """Keep the oldest events up to the first that brings the batch to C{goal}."""
+    size = 0
+    for index, item in enumerate(encoded):
+        size += len(item)
+        if size >= goal:
+            return events[: index + 1], encoded[: index + 1]
+    return events, encoded
 
 
 def _fit_payload(
@@ -485,18 +499,3 @@ def _fit_payload(
         if size > limit and index > 0:
             return events[:index], encoded[:index]
     return events, encoded
-
-
-def _first_of(
-    waiter: Deferred[None], seconds: float, clock: IReactorTime
-) -> Deferred[None]:
-    """Fire when C{waiter} does or after C{seconds}; cancel the loser."""
-    timer: IDelayedCall = clock.callLater(max(seconds, 0.0), waiter.cancel)
-
-    def settle(result: Failure | None) -> None:
-        if timer.active():
-            timer.cancel()
-        if isinstance(result, Failure):
-            result.trap(CancelledError)
-
-    return waiter.addBoth(settle)

@@ -14,7 +14,6 @@ from replayforge.proxy.http_source import CaptureResource
 from replayforge.proxy.pipeline import SourcePipeline
 from replayforge.proxy.sources.blocking import ReactorThreads
 from replayforge.proxy.sources.logfile import LogFileService, LogFileSource
-from replayforge.proxy.sources.pgcall import PgCallService, PgCallSource
 from replayforge.proxy.sources.positions import PositionStore
 from replayforge.proxy.sources.repeatfile import RepeatFileSource, repeat_file_service
 from replayforge.proxy.sources.settings import (
@@ -49,7 +48,12 @@ def source_service(
         store cannot be opened.
     """
     if config.type == "http" and config.listen:
-        site = make_site(CaptureResource(pipeline), config.max_body_bytes)
+        site = make_site(
+            CaptureResource(pipeline),
+            config.max_body_bytes,
+            decode_gzip=True,
+            reactor=reactor,
+        )
         return listening_service(config.listen, site, reactor)
     settings = config.settings
     threads = ReactorThreads(reactor)
@@ -75,6 +79,10 @@ def source_service(
         )
         return SystemStatsService(figures, clock)
     if isinstance(settings, PgCallSettings):
+        # psycopg and libpq take about 9 MB: only a proxy with a pgcall
+        # source pays for them.
+        from replayforge.proxy.sources.pgcall import PgCallService, PgCallSource
+
         calls = PgCallSource(config.id, settings, pipeline, stats, reactor, clock)
         return PgCallService(calls, clock)
     raise ValueError(f"source {config.id!r}: no service for type {config.type!r}")
