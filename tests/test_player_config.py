@@ -82,7 +82,7 @@ class PlayerConfigTests(SynchronousTestCase):
             sink.settings,
             HttpSinkSettings(target_host="http://127.0.0.1:9000", timeout_seconds=30.0),
         )
-        self.assertEqual((config.poll_limit, config.poll_wait_seconds), (100, 10.0))
+        self.assertEqual((config.poll_limit, config.poll_wait_seconds), (1000, 10.0))
         self.assertIsNone(config.listen)
         self.assertIsNone(config.listen_status)
 

@@ -22,11 +22,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from replayforge.logs import mask_value
+from replayforge.metrics import DaemonMetrics
 from replayforge.player.puller import BucketPuller
 from replayforge.player.queue import PlayerQueue
 from replayforge.player.relay_proxy import RelayStatusProxy
 from replayforge.player.sinks.base import Sink
 from replayforge.player.static import resolve_static, static_file
+from replayforge.status import go_duration, total_drops
 from replayforge.web import json_body, text_body
 
 
@@ -130,7 +133,10 @@ class PlayerAPI:
 
 
 class StatusAPI:
-    """The player's status listener: C{/statusz} and a liveness C{/}."""
+    """
+    The player's status listener: C{/statusz}, C{/metrics} when given, and
+    a liveness C{/}.
+    """
 
     app = Klein()
 
@@ -140,11 +146,15 @@ class StatusAPI:
         sinks: Sequence[Sink],
         clock: IReactorTime,
         queue: PlayerQueue | None = None,
+        metrics: DaemonMetrics | None = None,
+        names: tuple[str, str] = ("", ""),
     ) -> None:
         self._pullers = list(pullers)
         self._sinks = list(sinks)
         self._clock = clock
         self._queue = queue
+        self._metrics = metrics
+        self._env_name, self._host_name = names
         self._started = clock.seconds()
 
     def _sink_status(self, sink: Sink) -> dict[str, Any]:
@@ -155,20 +165,38 @@ class StatusAPI:
             status["deadLetters"] = self._queue.dead_letters(sink.name)
         return status
 
-    @app.route("/statusz", methods=["GET"])
-    def statusz(self, request: IRequest) -> bytes:
-        """Render the counts of every source and sink as JSON."""
-        return json_body(
-            request,
-            200,
+    def status(self) -> dict[str, Any]:
+        """Gather what C{/statusz} shows, secrets masked."""
+        uptime = self._clock.seconds() - self._started
+        status: dict[str, Any] = mask_value(
             {
-                "uptimeSeconds": round(self._clock.seconds() - self._started, 3),
+                "uptime": go_duration(uptime),
+                "uptimeSeconds": round(uptime, 3),
+                "envName": self._env_name,
+                "hostName": self._host_name,
                 "sources": {
                     puller.bucket: puller.stats.as_json() for puller in self._pullers
                 },
                 "sinks": {sink.id: self._sink_status(sink) for sink in self._sinks},
-            },
+                "dropped": total_drops(
+                    [puller.stats for puller in self._pullers]
+                    + [sink.stats for sink in self._sinks]
+                ),
+            }
         )
+        return status
+
+    @app.route("/statusz", methods=["GET"])
+    def statusz(self, request: IRequest) -> bytes:
+        """Render the counts of every source and sink as JSON."""
+        return json_body(request, 200, self.status())
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        """Render the counts for Prometheus."""
+        if self._metrics is None:
+            return text_body(request, 404, "no metrics on this listener\n")
+        return self._metrics.render(request)
 
     @app.route("/", methods=["GET"])
     def alive(self, request: IRequest) -> bytes:

@@ -10,7 +10,14 @@ a Go relay ignores the wait), C{dataDir} (where the sinks' durable queue
 lives, C{player-queue.sqlite3}), C{queueMaxEvents} (per sink: past it the
 buckets feeding that sink wait, leaving the records on the relay) and
 C{deadLetterMaxEvents} (per sink: the oldest dead letters are forgotten
-beyond it).
+beyond it), C{caFile}, C{clientCert}, C{clientKey} and C{insecureSkipVerify}
+(the relay client's TLS; the C{http} and C{notification} sinks read the same
+keys from their C{params}) and C{tailscaleSocks5} (every outgoing connection
+through tailscaled's SOCKS5 server; see L{replayforge.outgoing}).
+
+With a C{tsnet} section, as in the Go player, C{listenUsingTailscale} and
+C{useTsnetStatusZ} bind the exposed and status listeners to this node's
+tailnet addresses, learned from the local tailscaled (C{tailscaleSocket}).
 
 Relative paths (C{transformScript}, a sink's database) are taken from the
 working directory, as the Go player and our proxy do.
@@ -27,12 +34,24 @@ from twisted.logger import Logger
 
 from replayforge.config import Section, load_document
 from replayforge.lua import LuaSettings, read_lua_settings
-from replayforge.player.sinks.settings import READERS, SinkSettings
+from replayforge.outgoing import (
+    OutgoingSettings,
+    Socks5Server,
+    read_outgoing_settings,
+    read_socks5,
+)
+from replayforge.player.sinks.settings import (
+    READERS,
+    HttpSinkSettings,
+    NotificationSinkSettings,
+    SinkSettings,
+)
+from replayforge.tailscale import DEFAULT_SOCKET
 
 log = Logger()
 
 DEFAULT_HOOK_INTERVAL_SECONDS = 1.0
-DEFAULT_POLL_LIMIT = 100
+DEFAULT_POLL_LIMIT = 1000
 DEFAULT_POLL_WAIT_SECONDS = 10.0
 MAX_POLL_WAIT_SECONDS = 30.0
 DEFAULT_QUEUE_MAX_EVENTS = 100_000
@@ -98,6 +117,10 @@ class PlayerConfig:
     data_dir: Path = Path()
     queue_max_events: int = DEFAULT_QUEUE_MAX_EVENTS
     dead_letter_max_events: int = DEFAULT_DEAD_LETTER_MAX_EVENTS
+    use_tsnet: bool = False
+    status_using_tailscale: bool = False
+    tailscale_socket: str = DEFAULT_SOCKET
+    relay_outgoing: OutgoingSettings = attrs.field(factory=OutgoingSettings)
 
     def sink_named(self, name: str) -> PlayerSinkConfig | None:
         """Return the sink called C{name}, if there is one."""
@@ -117,7 +140,8 @@ def parse_player_config(document: Section) -> PlayerConfig:
     if not relay_url.endswith("/"):
         relay_url += "/"
 
-    sinks = tuple(_read_sinks(document))
+    socks5 = read_socks5(document)
+    sinks = tuple(_read_sinks(document, socks5))
     sources = tuple(_read_sources(document, {sink.name for sink in sinks}))
 
     username = document.text("httpUsername", "")
@@ -129,7 +153,9 @@ def parse_player_config(document: Section) -> PlayerConfig:
         )
 
     static_folder = document.text("staticFolderPath", "")
+    use_tsnet = document.has("tsnet")
     tsnet = document.section("tsnet")
+    listen_using_tailscale = document.boolean("listenUsingTailscale", False)
     config = PlayerConfig(
         source_file=document.source,
         relay_url=relay_url,
@@ -138,7 +164,7 @@ def parse_player_config(document: Section) -> PlayerConfig:
         host_name=document.text("hostName", "") or socket.gethostname(),
         sources=sources,
         sinks=sinks,
-        listen=_exposed_listener(document),
+        listen=_exposed_listener(document, use_tsnet and listen_using_tailscale),
         listen_status=_status_listener(document),
         static_folder=Path(static_folder) if static_folder else None,
         http_username=username,
@@ -146,7 +172,10 @@ def parse_player_config(document: Section) -> PlayerConfig:
         poll_limit=document.integer("pollLimit", DEFAULT_POLL_LIMIT, minimum=1),
         poll_wait_seconds=_poll_wait(document),
         tsnet_hostname=tsnet.text("hostname", ""),
-        listen_using_tailscale=document.boolean("listenUsingTailscale", False),
+        listen_using_tailscale=listen_using_tailscale,
+        use_tsnet=use_tsnet,
+        status_using_tailscale=document.boolean("useTsnetStatusZ", False),
+        tailscale_socket=document.text("tailscaleSocket", DEFAULT_SOCKET),
         data_dir=Path(document.text("dataDir", "") or "."),
         queue_max_events=document.integer(
             "queueMaxEvents", DEFAULT_QUEUE_MAX_EVENTS, minimum=1
@@ -154,9 +183,9 @@ def parse_player_config(document: Section) -> PlayerConfig:
         dead_letter_max_events=document.integer(
             "deadLetterMaxEvents", DEFAULT_DEAD_LETTER_MAX_EVENTS, minimum=1
         ),
+        relay_outgoing=read_outgoing_settings(document, socks5),
     )
     tsnet.finish()
-    document.boolean("useTsnetStatusZ", False)
     document.finish()
     return config
 
@@ -166,7 +195,9 @@ def load_player_config(path: str | Path) -> PlayerConfig:
     return parse_player_config(load_document(path))
 
 
-def _read_sinks(document: Section) -> list[PlayerSinkConfig]:
+def _read_sinks(
+    document: Section, socks5: Socks5Server | None
+) -> list[PlayerSinkConfig]:
     sinks: list[PlayerSinkConfig] = []
     names: dict[str, str] = {}
     ids: dict[str, str] = {}
@@ -194,7 +225,7 @@ def _read_sinks(document: Section) -> list[PlayerSinkConfig]:
                 + ", ".join(sorted(READERS)),
             )
         params = sink.section("params")
-        settings = reader(params)
+        settings = _through_socks5(reader(params), socks5)
         params.finish()
 
         metadata = sink.section("metadata")
@@ -210,6 +241,18 @@ def _read_sinks(document: Section) -> list[PlayerSinkConfig]:
         )
         sink.finish()
     return sinks
+
+
+def _through_socks5(
+    settings: SinkSettings, socks5: Socks5Server | None
+) -> SinkSettings:
+    """Give a sink that calls out the daemon's C{tailscaleSocks5}."""
+    if socks5 is not None and isinstance(
+        settings, HttpSinkSettings | NotificationSinkSettings
+    ):
+        outgoing = attrs.evolve(settings.outgoing, socks5=socks5)
+        return attrs.evolve(settings, outgoing=outgoing)
+    return settings
 
 
 def _read_sources(document: Section, sink_names: set[str]) -> list[PlayerSourceConfig]:
@@ -260,7 +303,7 @@ def _read_sources(document: Section, sink_names: set[str]) -> list[PlayerSourceC
     return sources
 
 
-def _exposed_listener(document: Section) -> str | None:
+def _exposed_listener(document: Section, on_tailnet: bool) -> str | None:
     listen = document.text("listen", "")
     port = document.integer("exposedPort", 0, minimum=0)
     address = document.text("listenAddress", "")
@@ -268,7 +311,8 @@ def _exposed_listener(document: Section) -> str | None:
         return listen
     if not port:
         return None
-    if address:
+    # On the tailnet the node's tailnet addresses replace listenAddress.
+    if address and not on_tailnet:
         escaped = address.replace("\\", "\\\\").replace(":", "\\:")
         return f"tcp:{port}:interface={escaped}"
     return f"tcp:{port}"

@@ -14,11 +14,19 @@ from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
-from twisted.web.client import Agent
 from twisted.web.resource import IResource, Resource
 
 from replayforge.config import ConfigError
+from replayforge.logs import configure_daemon
 from replayforge.lua import ScriptError
+from replayforge.metrics import DaemonMetrics, player_samples
+from replayforge.nodeinfo import (
+    REPORT_INTERVAL_SECONDS,
+    NodeReporter,
+    NodeTarget,
+    host_figures,
+)
+from replayforge.outgoing import client_pool, make_agent
 from replayforge.periodic import PeriodicTask
 from replayforge.player.api import PlayerAPI, StatusAPI
 from replayforge.player.auth import basic_auth
@@ -41,8 +49,9 @@ from replayforge.player.sinks.base import Sink
 from replayforge.player.sinks.factory import make_sink
 from replayforge.player.worker import SinkWorker
 from replayforge.store import StoreUnavailable
+from replayforge.tailscale import LocalAPI, TailnetListener, tailnet_listen_problem
 from replayforge.tapbase import DaemonOptions
-from replayforge.web import client_pool, listening_service, make_site
+from replayforge.web import listening_service, make_site
 
 log = Logger()
 
@@ -66,6 +75,8 @@ class PlayerService(MultiService):
         super().__init__()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self.config = config
         self._reactor = reactor
+        self._local_api: LocalAPI | None = None
+        self.started: float = reactor.seconds()
         self._previous_sighup: Any = None
         # Scripts are checked before any file is opened.
         processors = [
@@ -106,8 +117,12 @@ class PlayerService(MultiService):
         # Every bucket holds one long poll open to the same relay.
         self._pool.maxPersistentPerHost = len(config.sources) + 2
         if client is None:
-            agent = Agent(
-                reactor, pool=self._pool, connectTimeout=REQUEST_TIMEOUT_SECONDS
+            agent = make_agent(
+                reactor,
+                config.relay_outgoing,
+                "relay client",
+                self._pool,
+                REQUEST_TIMEOUT_SECONDS,
             )
             # treq's keyword-only signature is wider than what the puller
             # calls; the protocol names only that part.
@@ -135,10 +150,20 @@ class PlayerService(MultiService):
                     config.relay_url_statusz, client, reactor
                 )
             exposed = PlayerAPI(sinks, config.static_folder, relay_status)
-            self._listen(config.listen, exposed.app.resource(), reactor)
+            self._listen(
+                config.listen,
+                exposed.app.resource(),
+                reactor,
+                "listenUsingTailscale" if self._exposed_on_tailnet() else None,
+            )
+        self._watch(client, reactor)
         if config.listen_status:
-            status = StatusAPI(self.pullers, sinks, reactor, self.queue)
-            self._listen(config.listen_status, status.app.resource(), reactor)
+            self._listen(
+                config.listen_status,
+                self.status.app.resource(),
+                reactor,
+                "useTsnetStatusZ" if self._status_on_tailnet() else None,
+            )
         for sink in sinks:
             description = sink.listen_description()
             resource = sink.resource()
@@ -149,13 +174,152 @@ class PlayerService(MultiService):
                 root.putChild(sink.id.encode("utf-8"), resource)
                 self._listen(description, root, reactor)
 
-    def _listen(self, description: str, resource: IResource, reactor: Any) -> None:
+    def _watch(self, client: RelayClient, reactor: Any) -> None:
+        """Set up the status page, metrics, per-minute counts, node reports."""
+        config = self.config
+        sinks = list(self.sinks.values())
+        self.metrics = DaemonMetrics(
+            "player",
+            lambda: player_samples(
+                reactor.seconds() - self.started, self.pullers, sinks, self.queue
+            ),
+        )
+        for sink in sinks:
+            sink.stats.observe_batch = self.metrics.batch_observer(sink=sink.name)
+        self.status = StatusAPI(
+            self.pullers,
+            sinks,
+            reactor,
+            self.queue,
+            self.metrics,
+            (config.env_name, config.host_name),
+        )
+        PeriodicTask("minute", 60.0, self.next_minute, reactor).setServiceParent(self)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+
+        def post(
+            url: str,
+            /,
+            *,
+            data: bytes,
+            headers: dict[bytes | str, list[bytes | str]],
+            timeout: float,
+        ) -> Deferred[Any]:
+            return client.request(
+                "POST", url, data=data, headers=headers, timeout=timeout
+            )
+
+        targets = [
+            NodeTarget(config.relay_url, source.name, source.bearer, post)
+            for source in config.sources[:1]
+        ]
+        self.node_reporter = NodeReporter(
+            targets,
+            reactor,
+            config.env_name,
+            config.host_name,
+            self.status.status,
+            lambda: host_figures(str(config.data_dir.resolve())),
+        )
+        # The first report goes out at start: a relay learns of a new host
+        # at once.
+        PeriodicTask(  # type: ignore[no-untyped-call]  # unannotated in Twisted
+            "node-info",
+            REPORT_INTERVAL_SECONDS,
+            self.node_reporter.send,
+            reactor,
+            now=True,
+        ).setServiceParent(self)
+
+    def next_minute(self) -> None:
+        """Start a new minute of every per-minute count."""
+        for puller in self.pullers:
+            puller.stats.next_minute()
+        for sink in self.sinks.values():
+            sink.stats.next_minute()
+
+    def _listen(
+        self,
+        description: str,
+        resource: IResource,
+        reactor: Any,
+        tailnet_key: str | None = None,
+    ) -> None:
+        """
+        Serve C{resource} behind the player's basic auth at C{description},
+        or, when C{tailnet_key} names the key asking for it, at the same port
+        on this node's tailnet addresses.
+        """
         guarded = basic_auth(
             resource, self.config.http_username, self.config.http_password
         )
-        listening_service(description, make_site(guarded), reactor).setServiceParent(
-            self
+        site = make_site(guarded, reactor=reactor)
+        if tailnet_key is None:
+            listening_service(description, site, reactor).setServiceParent(self)
+            return
+        if self._local_api is None:
+            self._local_api = LocalAPI(reactor, self.config.tailscale_socket)
+        listener = TailnetListener(
+            tailnet_key, description, site, self._local_api, reactor
         )
+        listener.setServiceParent(self)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+
+    def _exposed_on_tailnet(self) -> bool:
+        config = self.config
+        return bool(
+            config.use_tsnet
+            and config.listen_using_tailscale
+            and config.listen
+            and not tailnet_listen_problem(config.listen)
+        )
+
+    def _status_on_tailnet(self) -> bool:
+        config = self.config
+        return bool(
+            config.use_tsnet
+            and config.status_using_tailscale
+            and config.listen_status
+            and not tailnet_listen_problem(config.listen_status)
+        )
+
+    def _tailscale_lines(self) -> list[str]:
+        """Say what the player does with its Tailscale keys."""
+        config = self.config
+        lines = []
+        for key, wanted, on_tailnet, description in [
+            (
+                "listenUsingTailscale",
+                config.listen_using_tailscale,
+                self._exposed_on_tailnet(),
+                config.listen,
+            ),
+            (
+                "useTsnetStatusZ",
+                config.status_using_tailscale,
+                self._status_on_tailnet(),
+                config.listen_status,
+            ),
+        ]:
+            if on_tailnet:
+                lines.append(
+                    f"{key}: listening on this node's tailnet addresses "
+                    f"({description}) as soon as tailscaled at "
+                    f"{config.tailscale_socket} tells them"
+                )
+            elif wanted and not config.use_tsnet:
+                lines.append(f"{key} ignored without a tsnet section, as in Go")
+            elif wanted:
+                problem = (
+                    tailnet_listen_problem(description)
+                    if description
+                    else "no listener"
+                )
+                lines.append(f"{key} ignored: {description or 'off'} ({problem})")
+        if config.tsnet_hostname:
+            lines.append(
+                f"tsnet hostname {config.tsnet_hostname!r} ignored: the node "
+                f"keeps the name tailscaled gave it"
+            )
+        return lines
 
     def startService(self) -> None:
         """
@@ -175,11 +339,8 @@ class PlayerService(MultiService):
                     sink=name,
                 )
         self._install_sighup()
-        if self.config.tsnet_hostname or self.config.listen_using_tailscale:
-            log.warn(
-                "tsnet and listenUsingTailscale are set, but this player uses the "
-                "host's network; run tailscaled and use its addresses"
-            )
+        for line in self._tailscale_lines():
+            log.info("{line}", line=line)
         super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         for puller in self.pullers:
             log.info(
@@ -245,6 +406,13 @@ def makeService(options: usage.Options) -> IService:
     from twisted.internet import reactor
 
     try:
-        return make_player_service(options["config"], reactor)
+        config = load_player_config(options["config"])
+        warning = configure_daemon(
+            "player",
+            [source.bearer for source in config.sources] + [config.http_password],
+        )
+        if warning:
+            log.warn("{warning}", warning=warning)
+        return PlayerService(config, reactor)
     except (ConfigError, ScriptError, StoreUnavailable) as error:
         raise SystemExit(f"replayforge-player: {error}") from None

@@ -6,7 +6,9 @@ C{sinks[].authBearer}, C{sinks[].config.batchMaxEvents} and the rest.  Ours:
 C{params.listen} and C{listenStatusZ} (Twisted endpoint strings),
 C{sinks[].dbMaxSizeKb} (the cap of the sink's buffer file) and, on a source or
 sink with a script, C{luaEngine}, C{unsafeLua}, C{luaInstructionBudget} and
-C{luaMaxMemoryMb} (see L{replayforge.lua.read_lua_settings}).
+C{luaMaxMemoryMb} (see L{replayforge.lua.read_lua_settings}); per sink
+C{caFile}, C{clientCert}, C{clientKey} and C{insecureSkipVerify}, and at the
+top C{tailscaleSocks5} (see L{replayforge.outgoing}).
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ import attrs
 
 from replayforge.config import Section, load_document
 from replayforge.lua import LuaSettings, read_lua_settings
+from replayforge.outgoing import (
+    OutgoingSettings,
+    Socks5Server,
+    read_outgoing_settings,
+    read_socks5,
+)
 from replayforge.proxy.sources.settings import SourceSettings, read_source_settings
 from replayforge.web import endpoint_description
 
@@ -55,6 +63,8 @@ class ProxySinkConfig:
     transform_script: str | None
     batching: Batching
     lua: LuaSettings = attrs.field(factory=LuaSettings)
+    outgoing: OutgoingSettings = attrs.field(factory=OutgoingSettings)
+    use_tsnet: bool = False
 
 
 @attrs.frozen
@@ -82,9 +92,10 @@ class ProxyConfig:
     host_name: str
     listen_status: str | None
     verbosity_level: str
+    tsnet_hostname: str = ""
 
 
-def _parse_sink(section: Section) -> ProxySinkConfig:
+def _parse_sink(section: Section, socks5: Socks5Server | None) -> ProxySinkConfig:
     sink_id = section.text("id")
     kind = section.text("type", "http")
     if kind != "http":
@@ -125,8 +136,9 @@ def _parse_sink(section: Section) -> ProxySinkConfig:
         transform_script=section.text("transformScript", "") or None,
         batching=batching,
         lua=read_lua_settings(section),
+        outgoing=read_outgoing_settings(section, socks5),
+        use_tsnet=section.boolean("useTsnet", False),
     )
-    section.boolean("useTsnet", False)
     section.finish()
     return config
 
@@ -177,9 +189,10 @@ def _parse_source(
 
 def parse_proxy_config(document: Section) -> ProxyConfig:
     """Build a L{ProxyConfig} from the file's top-level mapping."""
+    socks5 = read_socks5(document)
     sinks: dict[str, ProxySinkConfig] = {}
     for index, section in enumerate(document.sections("sinks")):
-        sink = _parse_sink(section)
+        sink = _parse_sink(section, socks5)
         if sink.id in sinks:
             raise document.error(f"sinks[{index}].id", f"duplicate sink id {sink.id!r}")
         sinks[sink.id] = sink
@@ -205,8 +218,9 @@ def parse_proxy_config(document: Section) -> ProxyConfig:
             document.integer("portStatusZ", 0, minimum=0),
         ),
         verbosity_level=document.text("verbosityLevel", "info"),
+        tsnet_hostname=document.text("tsnetHostname", ""),
     )
-    for legacy in ("tsnetHostname", "enableStatusZ", "enablePprof"):
+    for legacy in ("enableStatusZ", "enablePprof"):
         document.plain(legacy, None)
     document.finish()
     return config

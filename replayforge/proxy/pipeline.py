@@ -151,7 +151,7 @@ class SourcePipeline:
         )
         stored = 0
         for sink, texts in by_sink.items():
-            self._sink_stats[sink].buffered += len(texts)
+            self._sink_stats[sink].stored(len(texts), texts[-1])
             stored += len(texts)
         self._stats.emitted += stored
         return stored

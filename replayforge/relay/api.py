@@ -17,17 +17,23 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 from twisted.web.server import Request
 
+from replayforge.logs import mask_value
+from replayforge.metrics import DaemonMetrics
 from replayforge.relay.bucket import BucketStore
 from replayforge.relay.config import RelayConfig
+from replayforge.relay.pages import Dashboard
 from replayforge.relay.stats import RelayStats
+from replayforge.tailscale import PeerIdentities, TailscaleUnavailable
 from replayforge.web import bearer_matches, header_text, json_body, text_body
 
 log = Logger()
 
 DEFAULT_LIMIT = 100
 MAX_WAIT_SECONDS = 30.0
+RETRY_AFTER_SECONDS = 5
 
 
 class BadRequest(Exception):
@@ -50,16 +56,24 @@ class RelayAPI:
         stores: dict[str, BucketStore],
         stats: RelayStats,
         clock: IReactorTime,
+        peers: PeerIdentities | None = None,
     ) -> None:
+        """
+        @param peers: who tailnet peers are, for buckets with tailnet allow
+            lists; without it those buckets admit nobody.
+        """
         self._config = config
         self._stores = stores
         self._stats = stats
         self._clock = clock
+        self._peers = peers
 
     @app.handle_errors(BadRequest)
     def _bad_request(self, request: IRequest, failure: Failure) -> bytes:
         # handle_errors(BadRequest) sends only those here.
         error = cast(BadRequest, failure.value)
+        if error.code == 503:
+            request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER_SECONDS)
         return text_body(request, error.code, error.message + "\n")
 
     def _authorized_store(self, request: IRequest, bucket: str) -> BucketStore:
@@ -71,6 +85,52 @@ class RelayAPI:
         if store is None or not bearer_matches(authorization, token):
             raise BadRequest(401, f"not authorized for bucket {bucket!r}")
         return store
+
+    async def _check_tailnet(
+        self, request: IRequest, stores: list[BucketStore]
+    ) -> None:
+        """
+        Refuse the request unless its peer is allowed by every bucket of
+        C{stores} that has a tailnet allow list.
+        """
+        guarded = [store for store in stores if store.config.needs_tailnet_identity]
+        if not guarded:
+            return
+        address = request.getClientAddress()
+        host = getattr(address, "host", None)
+        port = getattr(address, "port", None)
+        if (
+            self._peers is None
+            or not isinstance(host, str)
+            or not isinstance(port, int)
+        ):
+            raise BadRequest(
+                403, f"bucket {guarded[0].name!r} admits only allowed tailnet peers"
+            )
+        try:
+            peer = await self._peers.identify(host, port)
+        except TailscaleUnavailable as error:
+            log.warn(
+                "cannot check a tailnet peer for bucket {bucket}: {error}",
+                bucket=guarded[0].name,
+                error=str(error),
+            )
+            raise BadRequest(
+                503, "cannot check the tailnet identity now; try again later"
+            ) from None
+        for store in guarded:
+            bucket = store.config
+            if peer is None:
+                raise BadRequest(
+                    403,
+                    f"{host} is not a tailnet peer allowed for bucket {bucket.name!r}",
+                )
+            if not peer.allowed(
+                bucket.allowed_tailnet_nodes, bucket.allowed_tailnet_users
+            ):
+                raise BadRequest(
+                    403, f"{peer.describe()} is not allowed for bucket {bucket.name!r}"
+                )
 
     def _one_bucket(self, request: IRequest) -> BucketStore:
         _single_header(request, b"RF-BUCKET")
@@ -93,6 +153,7 @@ class RelayAPI:
         stores = [
             self._authorized_store(request, name) for name in dict.fromkeys(names)
         ]
+        await self._check_tailnet(request, stores)
         events = _parse_event_array(request.content.read())
 
         full = [store.name for store in stores if store.is_full]
@@ -111,6 +172,7 @@ class RelayAPI:
         env = header_text(request, b"RF-ENV-NAME")
         host = header_text(request, b"RF-HOSTNAME")
         batch_id = header_text(request, b"RF-BATCH-ID") or None
+        started = self._clock.seconds()
         # No bucket was full above and nothing ran since: every append starts.
         stored = await gatherResults(
             [store.append(events, batch_id) for store in stores],
@@ -121,6 +183,7 @@ class RelayAPI:
         for store, fresh in zip(stores, stored, strict=True):
             if fresh:
                 self._stats.received(store.name, env, host, len(events), now)
+                self._stats.batch_stored(store.name, len(events), now - started)
             else:
                 log.debug(
                     "{bucket}: batch {batch_id} was already stored",
@@ -133,6 +196,7 @@ class RelayAPI:
     async def first_batch(self, request: Request) -> bytes:
         """Answer the oldest records of C{RF-BUCKET}, waiting if asked to."""
         store = self._one_bucket(request)
+        await self._check_tailnet(request, [store])
         limit = _query_number(request, b"limit", DEFAULT_LIMIT, whole=True)
         if limit <= 0:
             raise BadRequest(400, "invalid limit parameter: expected a number above 0")
@@ -172,6 +236,7 @@ class RelayAPI:
     async def acknowledge_batch(self, request: IRequest) -> bytes:
         """Delete the records whose ids are listed in the body."""
         store = self._one_bucket(request)
+        await self._check_tailnet(request, [store])
         ids = _parse_ids(request.content.read())
         deleted = await store.acknowledge(ids)
         if not deleted:
@@ -179,9 +244,10 @@ class RelayAPI:
         return text_body(request, 200, f"{deleted} records deleted successfully")
 
     @app.route("/node-info", methods=["POST"])
-    def node_info(self, request: IRequest) -> bytes:
+    async def node_info(self, request: IRequest) -> bytes:
         """Keep a host's latest report of its own figures."""
-        self._one_bucket(request)
+        store = self._one_bucket(request)
+        await self._check_tailnet(request, [store])
         host = header_text(request, b"RF-HOSTNAME")
         if not host:
             raise BadRequest(400, "missing RF-HOSTNAME header")
@@ -196,16 +262,26 @@ class RelayAPI:
 
 
 class StatusAPI:
-    """The relay's status listener: C{/statusz} and a liveness C{/}."""
+    """
+    The relay's status listener: C{/statusz}, C{/metrics} and the
+    C{/dashboard} page when they are given, and a liveness C{/}.
+    """
 
     app = Klein()
 
     def __init__(
-        self, stores: dict[str, BucketStore], stats: RelayStats, clock: IReactorTime
+        self,
+        stores: dict[str, BucketStore],
+        stats: RelayStats,
+        clock: IReactorTime,
+        dashboard: Dashboard | None = None,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         self._stores = stores
         self._stats = stats
         self._clock = clock
+        self._dashboard = dashboard
+        self._metrics = metrics
 
     @app.route("/statusz", methods=["GET"])
     def statusz(self, request: IRequest) -> bytes:
@@ -214,9 +290,23 @@ class StatusAPI:
             name: (store.used_bytes, store.config.max_bytes)
             for name, store in self._stores.items()
         }
-        return json_body(
-            request, 200, self._stats.as_json(self._clock.seconds(), sizes)
-        )
+        # Node reports come from other hosts: mask what they may have let by.
+        status = mask_value(self._stats.as_json(self._clock.seconds(), sizes))
+        return json_body(request, 200, status)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        """Render the counts for Prometheus."""
+        if self._metrics is None:
+            return text_body(request, 404, "no metrics on this listener\n")
+        return self._metrics.render(request)
+
+    @app.route("/dashboard", branch=True, methods=["GET"], strict_slashes=False)
+    def dashboard(self, request: IRequest) -> IResource | bytes:
+        """Serve the dashboard's page, assets and data."""
+        if self._dashboard is None:
+            return text_body(request, 404, "no dashboard on this listener\n")
+        return self._dashboard.serve(request)
 
     @app.route("/", methods=["GET"])
     def alive(self, request: IRequest) -> bytes:

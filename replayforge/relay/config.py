@@ -3,7 +3,13 @@ The relay's configuration: buckets, their tokens and caps, and listeners.
 
 The Go-era keys (C{port}, C{portStatusZ}, C{buckets.*.auth},
 C{dbMaxSizeKb}, C{tls}) load unchanged; C{listen} and C{listenStatusZ}
-take Twisted endpoint strings and win over the port keys.
+take Twisted endpoint strings and win over the port keys.  With
+C{useTailnet} the API listener is bound to this node's tailnet addresses,
+learned from the local tailscaled (C{tailscaleSocket}), unless C{listen}
+names its own interface; per bucket,
+C{allowedTailnetNodes} and C{allowedTailnetUsers} (ours) admit only those
+tailnet peers, on top of the bearer token.  C{staleHostSecs}
+(ours) is how long a host may stay silent before the dashboard marks it stale.
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ from pathlib import Path
 import attrs
 
 from replayforge.config import Section, load_document
+from replayforge.tailscale import DEFAULT_SOCKET
 from replayforge.web import endpoint_description
 
 DEFAULT_PORT = 8081
 DEFAULT_DB_MAX_SIZE_KB = 1024 * 1024
 DEFAULT_MAX_BATCH = 1000
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# Proxies and players report every minute: three missed reports is stale.
+DEFAULT_STALE_HOST_SECONDS = 180
 BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -31,6 +40,13 @@ class BucketConfig:
     auth: str = attrs.field(repr=False)
     db_max_size_kb: int
     ttl_seconds: int
+    allowed_tailnet_nodes: tuple[str, ...] = ()
+    allowed_tailnet_users: tuple[str, ...] = ()
+
+    @property
+    def needs_tailnet_identity(self) -> bool:
+        """Whether a client must also be an allowed tailnet node or user."""
+        return bool(self.allowed_tailnet_nodes or self.allowed_tailnet_users)
 
     @property
     def max_bytes(self) -> int | None:
@@ -50,6 +66,8 @@ class RelayConfig:
     max_body_bytes: int
     use_tailnet: bool
     tailnet_hostname: str
+    tailscale_socket: str = DEFAULT_SOCKET
+    stale_host_seconds: int = DEFAULT_STALE_HOST_SECONDS
 
 
 def parse_relay_config(document: Section) -> RelayConfig:
@@ -80,6 +98,8 @@ def parse_relay_config(document: Section) -> RelayConfig:
                 "dbMaxSizeKb", DEFAULT_DB_MAX_SIZE_KB, minimum=0
             ),
             ttl_seconds=bucket.integer("tls", 0, minimum=0),
+            allowed_tailnet_nodes=tuple(bucket.text_list("allowedTailnetNodes", [])),
+            allowed_tailnet_users=tuple(bucket.text_list("allowedTailnetUsers", [])),
         )
         bucket.finish()
     if not buckets:
@@ -95,7 +115,11 @@ def parse_relay_config(document: Section) -> RelayConfig:
             "maxBodyBytes", DEFAULT_MAX_BODY_BYTES, minimum=1024
         ),
         use_tailnet=document.boolean("useTailnet", False),
-        tailnet_hostname=document.text("tailnetHostname", "relay-forwarder"),
+        tailnet_hostname=document.text("tailnetHostname", ""),
+        tailscale_socket=document.text("tailscaleSocket", DEFAULT_SOCKET),
+        stale_host_seconds=document.integer(
+            "staleHostSecs", DEFAULT_STALE_HOST_SECONDS, minimum=1
+        ),
     )
     document.finish()
     return config
