@@ -429,6 +429,41 @@ class DbSinkBadEventTests(DbSinkTestCase):
         ]:
             self.assert_isolated(event, reason, "")
 
+    def test_only_method_path_and_body_are_read(self) -> None:
+        """
+        The sink stores calls without replaying them: headers and params it
+        never uses do not refuse a call, while a method, path or body that
+        is not what the specification says still does.
+        """
+        stored = self.deliver(
+            call("POST", "/t", {"id": "h"}, headers={"bad name": "x"}),
+            call("POST", "/t", {"id": "p"}, params={"q": 1}),
+            json.dumps(
+                {
+                    "method": "PUT",
+                    "path": "/t",
+                    "body": base64.b64encode(b'{"id": "b64"}').decode(),
+                    "bodyEncoding": "base64",
+                }
+            ),
+        )
+        self.assertEqual(stored, [DELIVERED] * 3)
+        self.assertEqual(sorted(row["id"] for row in self.rows("t")), ["b64", "h", "p"])
+        for event in [
+            call("POST BAD", "/t", {"id": "x"}),
+            json.dumps({"method": "POST", "path": 3, "body": "{}"}),
+            json.dumps(
+                {
+                    "method": "POST",
+                    "path": "/t",
+                    "body": "e30=",
+                    "bodyEncoding": "rot13",
+                }
+            ),
+            json.dumps({"method": "POST", "path": "/t", "body": {"id": "x"}}),
+        ]:
+            self.assert_isolated(event, "unparseable", "")
+
     def test_storage_failure_fails_the_batch(self) -> None:
         """
         When the storage itself refuses writes (read-only, full), the whole

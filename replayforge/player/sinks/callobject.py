@@ -53,32 +53,60 @@ def parse_call_object(text: str) -> CallObject:
 
     @raise NotACallObject: when the text is not a JSON object of that shape.
     """
-    try:
-        document = json.loads(text)
-    except ValueError as error:
-        raise NotACallObject(f"not JSON ({error})") from None
-    if not isinstance(document, dict):
-        raise NotACallObject("not a JSON object")
-
-    method = _optional_text(document, "method") or "GET"
-    if not _TOKEN.match(method):
-        raise NotACallObject(f"invalid method {method!r}")
-    path = _optional_text(document, "path") or "/"
-    if not path.startswith("/"):
-        path = "/" + path
-
+    document = _document(text)
+    method, path = _target(document)
     headers = _pairs(document, "headers")
     for name, _ in headers:
         if not _TOKEN.match(name):
             raise NotACallObject(f"invalid header name {name!r}")
 
     return CallObject(
-        method=method.upper(),
+        method=method,
         path=path,
         params=_pairs(document, "params"),
         headers=headers,
         body=_body(document),
     )
+
+
+def parse_call_target(text: str) -> tuple[str, str, str | bytes]:
+    """
+    Parse only the method, path and body of one event's call object.
+
+    For sinks that store calls rather than replay them: the C{headers} and
+    C{params} they never use are not read, so they cost nothing and a
+    malformed one does not refuse the call.  The body stays text unless
+    C{bodyEncoding} says it is base64.
+
+    @return: the upper-case method, the path, the body.
+    @raise NotACallObject: when the text is not a JSON object, or one of
+        those three members is not what the specification says.
+    """
+    document = _document(text)
+    method, path = _target(document)
+    if document.get("bodyEncoding") is None:
+        return method, path, _optional_text(document, "body")
+    return method, path, _body(document)
+
+
+def _document(text: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise NotACallObject(f"not JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise NotACallObject("not a JSON object")
+    return document
+
+
+def _target(document: dict[str, Any]) -> tuple[str, str]:
+    method = _optional_text(document, "method") or "GET"
+    if not _TOKEN.match(method):
+        raise NotACallObject(f"invalid method {method!r}")
+    path = _optional_text(document, "path") or "/"
+    if not path.startswith("/"):
+        path = "/" + path
+    return method.upper(), path
 
 
 def _optional_text(document: dict[str, Any], key: str) -> str:

@@ -38,7 +38,7 @@ from replayforge.player.sinks.base import (
     QueuedEvent,
     Rejected,
 )
-from replayforge.player.sinks.callobject import NotACallObject, parse_call_object
+from replayforge.player.sinks.callobject import NotACallObject, parse_call_target
 from replayforge.player.sinks.dbschema import (
     RESERVED_TABLE_PREFIXES,
     RPF_ID,
@@ -273,22 +273,22 @@ class TableWriter:
 
     def _apply(self, cursor: sqlite3.Cursor, text: str, now: int) -> None:
         try:
-            call = parse_call_object(text)
+            method, path, raw_body = parse_call_target(text)
         except NotACallObject as error:
             raise DropEvent("unparseable", str(error)) from None
-        table = table_from_path(call.path)
-        if call.method not in ("POST", "PUT", "DELETE"):
+        table = table_from_path(path)
+        if method not in ("POST", "PUT", "DELETE"):
             raise DropEvent(
                 "unsupported_method",
-                f"{call.method} {call.path}: expected POST, PUT or DELETE",
+                f"{method} {path}: expected POST, PUT or DELETE",
             )
         try:
-            body = json.loads(call.body)
+            body = json.loads(raw_body)
         except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):
-            raise DropEvent("bad_body", f"{call.path}: body is not a JSON object")
-        if call.method == "DELETE":
+            raise DropEvent("bad_body", f"{path}: body is not a JSON object")
+        if method == "DELETE":
             self._delete(cursor, table, body)
         else:
             self._replace(cursor, table, body, now)
