@@ -7,8 +7,11 @@ Run from the repository root::
     python -m benchmarks.run lua --quick   # one suite, a smoke run of seconds
 
 Suites: C{lua} (below), C{logfile} (L{benchmarks.logfile}: lines/s from a
-growing file into a sink buffer) and C{player} (L{benchmarks.player}: rows/s
-into the db sink, replayed requests/s).  The C{lua} suite:
+growing file into a sink buffer), C{player} (L{benchmarks.player}: rows/s
+into the db sink, replayed requests/s), and the daemons under load:
+C{ingest} (L{benchmarks.ingest}), C{relay} (L{benchmarks.relay}) and
+C{pipeline} (L{benchmarks.pipeline}), which C{targets} runs together.
+The C{lua} suite:
 
 Each measure prints our figure, the baseline measured in the same run on
 the same input, their ratio and the target:
@@ -44,7 +47,7 @@ import lupa
 import regex
 
 from replayforge.grok import standard_compiler
-from replayforge.lua import LuaScript
+from replayforge.lua import DEFAULT_ENGINE, LuaScript, LuaSettings
 from replayforge.proxy.logline import wrap_line
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -227,12 +230,13 @@ def _same_calls(ours: Emitted, theirs: Emitted) -> bool:
     return decoded(ours) == decoded(theirs)
 
 
-def measure_lua(budget: Budget) -> list[Figure]:
-    """Run the two Lua measures within C{budget}."""
+def measure_lua(budget: Budget, engine: str = DEFAULT_ENGINE) -> list[Figure]:
+    """Run the two Lua measures within C{budget}, scripts on C{engine}."""
+    settings = LuaSettings(engine=engine)
     with tempfile.TemporaryDirectory(prefix="rf-bench-") as folder:
         script_path = Path(folder) / "pass.lua"
         script_path.write_text(PASS_THROUGH_SCRIPT)
-        pass_through = LuaScript(script_path, "source:bench")
+        pass_through = LuaScript(script_path, "source:bench", settings)
     content = wrap_line(NGINX_SAMPLE.read_text().splitlines()[0])
     figures = [
         Figure(
@@ -244,7 +248,7 @@ def measure_lua(budget: Budget) -> list[Figure]:
         )
     ]
 
-    nginx = LuaScript(NGINX_SCRIPT, "source:bench")
+    nginx = LuaScript(NGINX_SCRIPT, "source:bench", settings)
     lines = [wrap_line(line) for line in NGINX_SAMPLE.read_text().splitlines()]
     expression = _named_expression()
     baselines: list[tuple[str, Callable[[str], Emitted]]] = [
@@ -306,21 +310,48 @@ def report(figures: Sequence[Figure]) -> list[str]:
     return lines
 
 
+PIPELINE_SUITES = ("ingest", "relay", "pipeline")
+
+
+def run_pipeline_suite(suite: str, quick: bool) -> None:
+    """Run one of the suites of the daemons under load; print its figures."""
+    import importlib
+
+    from benchmarks.measures import load_average
+    from benchmarks.measures import report as report_measures
+
+    module = importlib.import_module(f"benchmarks.{suite}")
+    print(f"\n{suite} (load average {load_average()} before)")
+    print("\n".join(report_measures(module.measure(quick))))
+    print(f"(load average {load_average()} after)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks named on the command line; print the figures."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run")
     parser.add_argument(
-        "suite", choices=["lua", "logfile", "player", "all"], help="what to measure"
+        "suite",
+        choices=["lua", "logfile", "player", *PIPELINE_SUITES, "targets", "all"],
+        help="what to measure ('targets': ingest, relay and pipeline)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run of a few seconds"
+    )
+    parser.add_argument(
+        "--lua-engine",
+        choices=["lua54", "luajit"],
+        default=DEFAULT_ENGINE,
+        help="the engine of the lua suite's scripts",
     )
     options = parser.parse_args(argv)
     budget = QUICK if options.quick else FULL
     print("\n".join(machine()))
     if options.suite in ("lua", "all"):
-        print(f"\nlua (budget per measure: {budget.repetitions} x {budget.seconds} s)")
-        print("\n".join(report(measure_lua(budget))))
+        print(
+            f"\nlua on {options.lua_engine} "
+            f"(budget per measure: {budget.repetitions} x {budget.seconds} s)"
+        )
+        print("\n".join(report(measure_lua(budget, options.lua_engine))))
     if options.suite in ("logfile", "all"):
         from benchmarks import logfile
 
@@ -331,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print("\nplayer")
         print("\n".join(player.report(player.measure(options.quick))))
+    for suite in PIPELINE_SUITES:
+        if options.suite in (suite, "targets", "all"):
+            run_pipeline_suite(suite, options.quick)
     return 0
 
 

@@ -175,11 +175,14 @@ class GrokPattern:
         # of the same name.
         groups = sorted(self._regex.groupindex.items(), key=lambda item: item[1])
         self._groups = tuple(name for name, _ in groups)
+        # Each named group's place among all the groups (the pattern's own
+        # unnamed ones included): Match.groups() is much cheaper than
+        # Match.group(*names), which looks every name up again.
         self._targets = tuple(
-            (capture.field, capture.convert)
+            (number - 1, capture.field, capture.convert)
             if (capture := captures.get(name)) is not None
-            else (name, None)
-            for name in self._groups
+            else (number - 1, name, None)
+            for name, number in groups
         )
 
     @property
@@ -187,7 +190,7 @@ class GrokPattern:
         """The field each named group of L{expression} fills."""
         return {
             group: field
-            for group, (field, _) in zip(self._groups, self._targets, strict=True)
+            for group, (_, field, _) in zip(self._groups, self._targets, strict=True)
         }
 
     def match(self, text: str) -> Fields | None:
@@ -210,12 +213,9 @@ class GrokPattern:
         if found is None:
             return None
         fields: Fields = {}
-        if not self._groups:
-            return fields
-        values = found.group(*self._groups)
-        if len(self._groups) == 1:
-            values = (values,)
-        for (field, convert), value in zip(self._targets, values, strict=True):
+        values = found.groups()
+        for index, field, convert in self._targets:
+            value = values[index]
             if value is not None:
                 fields[field] = value if convert is None else convert(value)
         return fields
@@ -381,7 +381,7 @@ def script_helper(
         if not isinstance(pattern, str) or not isinstance(text, str):
             return None, "grok_parse expects (pattern, text) strings"
         try:
-            fields = (compiler or standard_compiler()).parse(pattern, text)
+            fields = (compiler or standard_compiler()).compile(pattern).match(text)
         except (GrokError, GrokTimeout) as error:
             return None, str(error)
         if fields is None:

@@ -219,6 +219,9 @@ class LuaScript:
         )
         self._collect_garbage = self._lua.eval("collectgarbage")
         null_mark, empty_mark = self._lua.table(), self._lua.table()
+        # Marks the values a Python helper returns unboxed (see _boxed).
+        self._direct = self._lua.table()
+        self._table_type = type(self._direct)
         self._decoder = LuaJSONDecoder(self._lua.table_from, null_mark, empty_mark)
         codec = self._lua.execute(JSON_CHUNK, null_mark, empty_mark, self._json_decode)
         budget = self.settings.instruction_budget
@@ -234,7 +237,11 @@ class LuaScript:
         )
         helpers = {name: self._boxed(value) for name, value in self._helpers().items()}
         host = self._lua.table_from(
-            {"log": self._log, "helpers": self._lua.table_from(helpers)}
+            {
+                "log": self._log,
+                "helpers": self._lua.table_from(helpers),
+                "direct": self._direct,
+            }
         )
         api = self._lua.execute(SANDBOX_CHUNK, config, host, codec)
         self._entries = {name: api[name] for name in ("process", "timer", "transform")}
@@ -384,16 +391,26 @@ class LuaScript:
         What the helper returns is turned into Lua values while the memory
         cap is lifted, and handed back in one table (the count, then the
         values) that the sandbox unpacks: lupa would otherwise copy them
-        into Lua where a refused allocation cannot be caught.
+        into Lua where a refused allocation cannot be caught.  A Lua table
+        or C{None}, which take no memory to hand over, is returned as it
+        is after the sandbox's mark for unboxed values: no box to build.
         """
+        lua = self._lua
+        direct = self._direct
+        table_type = self._table_type
 
         def call(*args: Any) -> Any:
-            with self._unbounded():
+            lua.set_max_memory(0)
+            try:
                 result = function(*args)
+                if result is None or type(result) is table_type:
+                    return direct, result
                 values = result if isinstance(result, tuple) else (result,)
-                return self._lua.table_from(
+                return lua.table_from(
                     [len(values), *(self._lua_value(value) for value in values)]
                 )
+            finally:
+                lua.set_max_memory(self._max_memory)
 
         return call
 

@@ -2,8 +2,9 @@
 The JSON codec of Lua scripts: C{json_encode}, C{json_decode} and friends.
 
 Decoding runs in Python (the C{json} module is fast and strict) and hands
-the result to Lua as tables; encoding runs in Lua, because walking Lua
-tables from Python costs more than the whole encoding does in Lua.
+the result to Lua as tables; encoding runs in Lua
+(L{replayforge.lua_json_encode}), because walking Lua tables from Python
+costs more than the whole encoding does in Lua.
 
 What survives a round trip on Lua 5.4, and how:
 
@@ -45,18 +46,25 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from replayforge.lua_json_encode import ENCODER_CHUNK
+
 _SPACED_EMPTY_ARRAY = re.compile(r"\[\s+\]")
 
-# Run once per runtime with the full standard library.  Its arguments are
-# two private marker tables and the Python decoder (see
-# LuaScript._json_decode for what it returns); it returns the codec.
+# Run once per runtime with the full standard library, before any hook is
+# set.  Its arguments are two private marker tables and the Python decoder
+# (see LuaScript._json_decode for what it returns); it returns the codec,
+# whose encode returns the text and the pieces it wrote without the hook.
 # Only Lua 5.1 syntax is used, so LuaJIT loads it too.
-JSON_CHUNK = r"""
+JSON_CHUNK = (
+    r"""
 local NULL_MARK, EMPTY_MARK, python_decode = ...
-local byte, find, format, gsub, sub = string.byte, string.find, string.format,
-  string.gsub, string.sub
+local byte, find, format, gsub, match, sub = string.byte, string.find,
+  string.format, string.gsub, string.match, string.sub
 local concat, sort = table.concat, table.sort
 local floor, huge, math_type = math.floor, math.huge, math.type
+local create, resume, status, yield = coroutine.create, coroutine.resume,
+  coroutine.status, coroutine.yield
+local sethook = debug.sethook
 local error, getmetatable, next, pairs, pcall, rawequal, rawget, select,
   setmetatable, tonumber, tostring, type =
   error, getmetatable, next, pairs, pcall, rawequal, rawget, select,
@@ -64,6 +72,12 @@ local error, getmetatable, next, pairs, pcall, rawequal, rawget, select,
 local utf8_len = utf8 and utf8.len
 
 local NESTING_LIMIT = 500
+-- Object keys whose JSON text is kept: how many, and how long at most.
+local NAMES_KEPT, NAME_LENGTH_KEPT = 256, 64
+-- The largest object whose sorted keys are kept.
+local ORDERS_KEPT = 64
+-- The longest text json_encode remembers having returned.
+local RESULT_LENGTH_KEPT = 65536
 local REPLACEMENT = "\239\191\189"
 
 -- The position of the first byte at or after i that is not valid UTF-8.
@@ -98,8 +112,15 @@ else
   end
 end
 
+-- The last text json_encode returned, if short.  It is valid UTF-8 and
+-- holds no control character, which spares checking it again when a
+-- script emits it, or encodes it again (as the body of a call object,
+-- typically).
+local last_result
+
 -- s with every byte that is not valid UTF-8 replaced by U+FFFD.
 local function repair(s)
+  if s == last_result then return s end
   local bad = first_invalid(s, 1)
   if not bad then return s end
   local parts, n, start, length = {}, 0, 1, #s
@@ -124,169 +145,9 @@ local OBJECT = {__jsontype = "object"}
 -- Metatables made here; json_array and json_object may replace them.
 local ours = setmetatable({[ARRAY] = true, [OBJECT] = true}, {__mode = "k"})
 
-local escapes = {['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b",
-  ["\f"] = "\\f", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t"}
-for code = 0, 31 do
-  local c = string.char(code)
-  if not escapes[c] then escapes[c] = format("\\u%04x", code) end
-end
-escapes["\127"] = "\\u007f"
-
-local function quote(s)
-  s = repair(s)
-  if find(s, '[%c"\\]') then s = gsub(s, '[%c"\\]', escapes) end
-  return '"' .. s .. '"'
-end
-
-local is_integer
-if math_type then
-  is_integer = function(v) return math_type(v) == "integer" end
-else
-  is_integer = function(v) return v == floor(v) and v > -2^63 and v < 2^63 end
-end
-
-local function number_text(v)
-  if v ~= v or v == huge or v == -huge then
-    error("json_encode: cannot encode NaN or infinity", 0)
-  end
-  if math_type then
-    if math_type(v) == "integer" then return format("%d", v) end
-  elseif v == floor(v) and v > -1e21 and v < 1e21 then
-    return format("%.0f", v)
-  end
-  local text = format("%.14g", v)
-  if tonumber(text) ~= v then
-    text = format("%.16g", v)
-    if tonumber(text) ~= v then text = format("%.17g", v) end
-  end
-  if math_type and not find(text, "[%.eEn]") then text = text .. ".0" end
-  return text
-end
-
-local function key_text(k)
-  local kind = type(k)
-  if kind == "string" then return k end
-  if kind == "number" then
-    if is_integer(k) then return format("%d", k) end
-    return tostring(k)
-  end
-  if kind == "boolean" then return tostring(k) end
-  error("json_encode: cannot use a " .. kind .. " as an object key", 0)
-end
-
-local function by_text(a, b) return key_text(a) < key_text(b) end
-
-local encode_value
-
--- The length of t as an array, or nil when it is not one.
-local function array_length(t, nulls)
-  local count, max = 0, 0
-  for k in pairs(t) do
-    if type(k) ~= "number" or k < 1 or not is_integer(k) then return nil end
-    count = count + 1
-    if k > max then max = k end
-  end
-  if nulls then
-    for k in pairs(nulls) do
-      if type(k) == "number" and rawget(t, k) == nil then
-        count = count + 1
-        if k > max then max = k end
-      end
-    end
-  end
-  if max > 10 and max > 2 * count then return nil end
-  return max
-end
-
-local function encode_array(t, length, buf, n, depth)
-  n = n + 1
-  buf[n] = "["
-  for i = 1, length do
-    if i > 1 then n = n + 1; buf[n] = "," end
-    n = encode_value(t[i], buf, n, depth)
-  end
-  n = n + 1
-  buf[n] = "]"
-  return n
-end
-
-local function encode_object(t, nulls, buf, n, depth)
-  local keys, count, plain = {}, 0, true
-  for k in pairs(t) do
-    count = count + 1
-    keys[count] = k
-    if plain and type(k) ~= "string" then plain = false end
-  end
-  if nulls then
-    for k in pairs(nulls) do
-      if rawget(t, k) == nil then
-        count = count + 1
-        keys[count] = k
-        if plain and type(k) ~= "string" then plain = false end
-      end
-    end
-  end
-  if plain then sort(keys) else sort(keys, by_text) end
-  n = n + 1
-  buf[n] = "{"
-  for i = 1, count do
-    local k = keys[i]
-    if i > 1 then n = n + 1; buf[n] = "," end
-    n = n + 1
-    buf[n] = quote(key_text(k))
-    n = n + 1
-    buf[n] = ":"
-    n = encode_value(t[k], buf, n, depth)
-  end
-  n = n + 1
-  buf[n] = "}"
-  return n
-end
-
-local function encode_table(t, buf, n, depth)
-  if depth > NESTING_LIMIT then
-    error("json_encode: tables nested too deeply (or a cycle)", 0)
-  end
-  local meta = getmetatable(t)
-  local kind, nulls
-  if type(meta) == "table" then
-    kind, nulls = rawget(meta, "__jsontype"), rawget(meta, "__jsonnull")
-    if type(nulls) ~= "table" then nulls = nil end
-  end
-  if kind ~= "object" and (kind == "array" or next(t) ~= nil) then
-    local length = array_length(t, nulls)
-    if length then return encode_array(t, length, buf, n, depth) end
-  end
-  return encode_object(t, nulls, buf, n, depth)
-end
-
-function encode_value(v, buf, n, depth)
-  local kind = type(v)
-  if kind == "string" then
-    n = n + 1
-    buf[n] = quote(v)
-  elseif kind == "number" then
-    n = n + 1
-    buf[n] = number_text(v)
-  elseif kind == "boolean" then
-    n = n + 1
-    buf[n] = v and "true" or "false"
-  elseif kind == "table" and not rawequal(v, NULL) then
-    n = encode_table(v, buf, n, depth + 1)
-  else
-    n = n + 1
-    buf[n] = "null"
-  end
-  return n
-end
-
--- Encode v, raising on what has no JSON form.
-local function encode(v)
-  local buf = {}
-  local n = encode_value(v, buf, 0, 0)
-  return concat(buf, "", 1, n)
-end
-
+"""
+    + ENCODER_CHUNK
+    + r"""
 -- Give decoded tables their marks: arrays, empty arrays, nulls.
 local function restore(t)
   local array = type(next(t)) == "number"
@@ -324,7 +185,10 @@ local function decode(...)
   elseif kind ~= "string" then
     return nil, "json_decode: expected a string, got " .. kind
   end
-  local value, marked = python_decode(repair(text))
+  -- lupa decodes the text from UTF-8 on its way to Python, and refuses
+  -- invalid bytes: only then is it repaired.
+  local ok, value, marked = pcall(python_decode, text)
+  if not ok then value, marked = python_decode(repair(text)) end
   if value == nil then
     if marked then return nil, marked[1] end
     return nil
@@ -361,6 +225,7 @@ return {
   object = mark(OBJECT, "json_object"),
 }
 """
+)
 
 
 def _reject_constant(name: str) -> None:
@@ -368,6 +233,9 @@ def _reject_constant(name: str) -> None:
 
 
 _JSON = json.JSONDecoder(parse_constant=_reject_constant)
+# What JSONDecoder.decode calls once it has skipped white space; the
+# stubs leave this attribute out.
+_SCAN: Callable[[str, int], tuple[Any, int]] = _JSON.scan_once  # type: ignore[attr-defined]
 
 
 def _may_hold_null_or_empty_array(text: str) -> bool:
@@ -404,15 +272,21 @@ class LuaJSONDecoder:
             restore arrays and nulls; C{(None, message)} on invalid JSON.
         """
         try:
-            value = _JSON.decode(text)
+            try:
+                value, end = _SCAN(text, 0)
+            except StopIteration:
+                end = -1
+            if end != len(text):
+                # White space around the value, or no value: the decoder
+                # skips the one and words the error for the other.
+                value = _JSON.decode(text)
         except (ValueError, RecursionError) as error:
             return None, f"json_decode: invalid JSON: {error}"
-        if isinstance(value, str):
-            return _scrubbed(value), False
-        if value is None:
-            return None, None
-        if not isinstance(value, dict | list):
-            return value, False
+        kind = type(value)
+        if kind is not dict and kind is not list:
+            if kind is str:
+                return _scrubbed(value), False
+            return value, None if value is None else False
         if _may_hold_null_or_empty_array(text):
             value = self._marked(value)
             if value is self.empty_mark:

@@ -25,7 +25,9 @@ raises "instruction budget exceeded".  The script's C{pcall}, C{xpcall}
 and C{coroutine.resume} hand that error on instead of returning it, and
 an C{xpcall} handler is skipped once it is raised.  C functions cannot be
 interrupted: a single C{string.find} with a pathological pattern runs to
-its end.
+its end.  C{json_encode} writes values made of tables without metatables
+in a thread without the hook (L{replayforge.lua_json_encode}), and the
+pieces it wrote are charged to the total instead.
 
 Only Lua 5.1 syntax is used, so LuaJIT loads it too; there the JIT
 compiler is turned off, since compiled loops run no hooks.
@@ -51,6 +53,7 @@ local repair, python_log = codec.repair, host.log
 local BUDGET_MESSAGE = "instruction budget exceeded"
 local MEMORY_MESSAGE = "not enough memory"
 local MAX_UNPACK = 512
+local INSTRUCTIONS_PER_PIECE = 30
 local budget, step = settings.budget, settings.step
 local script_source = settings.source
 local script_short = sub(script_source, 2)
@@ -151,8 +154,17 @@ end
 
 local function json_encode(...)
   local count = select("#", ...)
-  local ok, text = pcall(codec.encode, (select(count > 0 and count or 1, ...)))
-  if ok then return text end
+  local ok, text, pieces = pcall(codec.encode, (select(count > 0 and count or 1, ...)))
+  if ok then
+    -- What the codec wrote where the hook does not count, charged at
+    -- about what the hook counts for it.
+    spent = spent + pieces * INSTRUCTIONS_PER_PIECE
+    if spent >= budget then
+      exhausted = true
+      error(BUDGET_MESSAGE, 2)
+    end
+    return text
+  end
   if exhausted then error(text, 0) end
   return nil, text
 end
@@ -221,8 +233,13 @@ end
 env.pcall, env.xpcall = safe_pcall, safe_xpcall
 env.coroutine = coroutine_library
 for name, value in pairs(helpers) do env[name] = value end
--- Helpers written in Python hand back their values boxed in one table.
-local function unbox(box) return unpack(box, 2, box[1] + 1) end
+-- Helpers written in Python hand back their values boxed in one table,
+-- or after the mark for values that needed no box.
+local direct = host.direct
+local function unbox(box, ...)
+  if rawequal(box, direct) then return ... end
+  return unpack(box, 2, box[1] + 1)
+end
 for name, helper in pairs(host.helpers) do
   env[name] = function(...) return unbox(helper(...)) end
 end

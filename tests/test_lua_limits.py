@@ -46,6 +46,14 @@ RUNAWAYS = {
     ),
     "sort comparator": ("table.sort({3, 2, 1}, function(a, b) while true do end end)"),
     "recursion in pcall": ("local function f() pcall(f) while true do end end f()"),
+    "encoding in a loop": "while true do json_encode({a = 1, b = {2, 'c'}}) end",
+    "encoding in a coroutine": (
+        "coroutine.wrap(function() while true do json_encode({1}) end end)()"
+    ),
+    "metamethod of an encoded table": (
+        "json_encode(setmetatable({1, nil, 3},\n"
+        "  {__index = function() while true do end end}))"
+    ),
 }
 
 
@@ -103,6 +111,38 @@ class BudgetTests(ScriptTestCase):
             self.assertEqual(
                 self.emits("for i = 1, 30000 do end emit('s', 'ok')", script), ["ok"]
             )
+
+    def test_encoding_charged(self) -> None:
+        """
+        What C{json_encode} writes counts against the budget, though its
+        code runs without the hook on Lua 5.4: a table too large for the
+        budget fails the call.
+        """
+        body = (
+            "local t = {}\n"
+            "for i = 1, 10000 do t[i] = i end\n"
+            "local text = json_encode(t)\n"
+            "emit('s', #text)"
+        )
+        self.assertEqual(self.emits(body), ["48895"])
+        small = self.evaluator(instruction_budget=100_000)
+        with self.assertRaises(ScriptFailure) as caught:
+            small.process(body)
+        self.assertIn("instruction budget exceeded", str(caught.exception))
+
+    def test_key_comparison_never_runs(self) -> None:
+        """
+        A table used as an object key is refused before any of its
+        metamethods can run unbounded.
+        """
+        self.assertEqual(
+            self.emitted(
+                "local key = setmetatable({},\n"
+                "  {__lt = function() while true do end end})\n"
+                "emit('s', select(2, json_encode({a = 1, b = 2, [key] = 3})))"
+            ),
+            "json_encode: cannot use a table as an object key",
+        )
 
     def test_timer_and_init_bounded(self) -> None:
         """C{TimerHandler} and C{init} run within the budget too."""
