@@ -13,7 +13,8 @@ C{"collect"}, C{"count"}, C{"step"} and C{"isrunning"} stands in);
 C{load} of text only, into the sandbox unless given another table;
 C{string} without C{dump} (also as the strings' own methods), C{table},
 C{math}, C{utf8}, C{coroutine}; C{os.getenv}, C{os.time}, C{os.date},
-C{os.clock}, C{os.difftime}; and the helpers.  No C{io}, no C{debug}
+C{os.clock}, C{os.difftime}; and the helpers; C{setmetatable} refuses
+C{__gc}, since finalizers run where no budget can stop them.  No C{io}, no C{debug}
 library, no C{package}, no Python object.  With C{unsafeLua} the script
 sees the whole standard library instead (C{debug} is then the logging
 function with the library's functions as fields), still without lupa's
@@ -27,7 +28,9 @@ an C{xpcall} handler is skipped once it is raised.  C functions cannot be
 interrupted: a single C{string.find} with a pathological pattern runs to
 its end.  C{json_encode} writes values made of tables without metatables
 in a thread without the hook (L{replayforge.lua_json_encode}), and the
-pieces it wrote are charged to the total instead.
+pieces it wrote are charged to the total instead; C{json_decode} and the
+helpers written in Python are charged an instruction a byte of the text
+they are given.
 
 Only Lua 5.1 syntax is used, so LuaJIT loads it too; there the JIT
 compiler is turned off, since compiled loops run no hooks.
@@ -152,26 +155,49 @@ local function logger(level, separator)
   end
 end
 
+-- Work done where the hook cannot count it, charged to the call's total;
+-- the error points at the script's call of the helper.
+local function charge(instructions)
+  spent = spent + instructions
+  if spent >= budget then
+    exhausted = true
+    error(BUDGET_MESSAGE, 3)
+  end
+end
+
 local function json_encode(...)
   local count = select("#", ...)
   local ok, text, pieces = pcall(codec.encode, (select(count > 0 and count or 1, ...)))
   if ok then
     -- What the codec wrote where the hook does not count, charged at
     -- about what the hook counts for it.
-    spent = spent + pieces * INSTRUCTIONS_PER_PIECE
-    if spent >= budget then
-      exhausted = true
-      error(BUDGET_MESSAGE, 2)
-    end
+    charge(pieces * INSTRUCTIONS_PER_PIECE)
     return text
   end
   if exhausted then error(text, 0) end
   return nil, text
 end
 
+-- Python decodes and matches outside the hook's sight: each call is charged
+-- an instruction a byte of the text it reads, about what they cost.
+local decode = codec.decode
+local function json_decode(text, ...)
+  if type(text) == "string" then charge(#text) end
+  return decode(text, ...)
+end
+
+local function charged(...)
+  local total = 0
+  for i = 1, select("#", ...) do
+    local value = select(i, ...)
+    if type(value) == "string" then total = total + #value end
+  end
+  charge(total)
+end
+
 local helpers = {
   json_encode = json_encode,
-  json_decode = codec.decode,
+  json_decode = json_decode,
   json_null = codec.null,
   json_array = codec.array,
   json_object = codec.object,
@@ -198,12 +224,22 @@ else
   -- string.find, match, gmatch and gsub to refuse patterns with many
   -- repetitions on long subjects if scripts ever stall the reactor so.
   local sandbox_string = copy(string, {dump = true})
+  -- A finalizer runs with hooks off, at any later allocation: a loop there
+  -- would hold the daemon with no budget to stop it.
+  local set = setmetatable
+  local function sandbox_setmetatable(value, metatable)
+    if type(metatable) == "table" and rawget(metatable, "__gc") ~= nil then
+      error("setmetatable: __gc finalizers are not allowed here", 2)
+    end
+    return set(value, metatable)
+  end
   getmetatable("").__index = sandbox_string
   env = {
     _VERSION = _VERSION, assert = assert, error = error, ipairs = ipairs,
     next = next, pairs = pairs, rawequal = rawequal, rawget = rawget,
     rawlen = rawlen, rawset = rawset, select = select,
-    setmetatable = setmetatable, tonumber = tonumber, tostring = tostring,
+    setmetatable = sandbox_setmetatable, tonumber = tonumber,
+    tostring = tostring,
     type = type, unpack = unpack,
     string = sandbox_string, table = copy(table), math = copy(math),
     utf8 = utf8 and copy(utf8), bit = bit and copy(bit),
@@ -241,7 +277,10 @@ local function unbox(box, ...)
   return unpack(box, 2, box[1] + 1)
 end
 for name, helper in pairs(host.helpers) do
-  env[name] = function(...) return unbox(helper(...)) end
+  env[name] = function(...)
+    charged(...)
+    return unbox(helper(...))
+  end
 end
 if settings.error_logs then env.error = log_error end
 env._G = env

@@ -130,6 +130,27 @@ class BudgetTests(ScriptTestCase):
             small.process(body)
         self.assertIn("instruction budget exceeded", str(caught.exception))
 
+    def test_decoding_and_matching_charged(self) -> None:
+        """
+        C{json_decode} and C{grok_parse} run in Python, out of the hook's
+        sight: each is charged for the text it reads, so a loop over them
+        meets the budget after a few calls, not after millions.
+        """
+        for call in [
+            "json_decode(text)",
+            "grok_parse('%{NUMBER:n}', text)",
+        ]:
+            body = (
+                "local text = '\"' .. string.rep('a', 40000) .. '\"'\n"
+                f"for i = 1, 100 do {call} end\n"
+                "emit('s', 'done')"
+            )
+            self.assertEqual(self.emits(body), ["done"], call)
+            small = self.evaluator(instruction_budget=1_000_000)
+            with self.assertRaises(ScriptFailure, msg=call) as caught:
+                small.process(body)
+            self.assertIn("instruction budget exceeded", str(caught.exception))
+
     def test_key_comparison_never_runs(self) -> None:
         """
         A table used as an object key is refused before any of its

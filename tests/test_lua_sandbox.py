@@ -121,6 +121,23 @@ class SandboxTests(ScriptTestCase):
             'patched "b"',
         )
 
+    def test_no_finalizers(self) -> None:
+        """
+        A C{__gc} finalizer would run with the budget's hook off, at any
+        later allocation: C{setmetatable} refuses it, and other metatables
+        still work.
+        """
+        with self.assertRaises(ScriptFailure) as caught:
+            self.emits("setmetatable({}, {__gc = function() while true do end end})")
+        self.assertIn("__gc finalizers are not allowed", str(caught.exception))
+        self.assertEqual(
+            self.emitted(
+                "local t = setmetatable({}, {__index = function() return 'x' end})\n"
+                "emit('s', t.anything)"
+            ),
+            "x",
+        )
+
     def test_rawget_globals(self) -> None:
         """C{rawget(_G, ...)} finds only the sandbox's globals."""
         self.assertEqual(
@@ -193,11 +210,17 @@ class UnsafeTests(ScriptTestCase):
         self.assertEqual(
             self.emits(
                 "local found\n"
-                "for i = 1, 50 do\n"
-                "  local name, value = debug.getupvalue(json_decode, i)\n"
-                "  if not name then break end\n"
-                "  if type(value) == 'userdata' then found = value end\n"
+                "local function search(f, depth)\n"
+                "  for i = 1, 50 do\n"
+                "    local name, value = debug.getupvalue(f, i)\n"
+                "    if not name then break end\n"
+                "    if type(value) == 'userdata' then found = value end\n"
+                "    if type(value) == 'function' and depth < 3 then\n"
+                "      search(value, depth + 1)\n"
+                "    end\n"
+                "  end\n"
                 "end\n"
+                "search(json_decode, 1)\n"
                 "local results = {type(found)}\n"
                 "for _, name in ipairs({'__class__', '__globals__', '__self__',\n"
                 "    '__dict__', '_lua'}) do\n"
