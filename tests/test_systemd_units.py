@@ -38,7 +38,8 @@ HARDENING = {
     "RestrictNamespaces": "yes",
     "RestrictSUIDSGID": "yes",
     "LockPersonality": "yes",
-    "MemoryDenyWriteExecute": "yes",
+    # pyOpenSSL callbacks need writable, executable pages for TLS.
+    "MemoryDenyWriteExecute": "no",
     "CapabilityBoundingSet": "",
 }
 
