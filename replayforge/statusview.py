@@ -9,6 +9,7 @@ Only the Go relay's field names are read, so a Go relay can be shown too.
 from __future__ import annotations
 
 import json
+import math
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -77,22 +78,28 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _count(value: Any) -> str:
+def _number(value: Any) -> float | None:
+    """A finite number of the document, or L{None} for anything else."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return "-"
-    return f"{round(value):,}"
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _count(value: Any) -> str:
+    number = _number(value)
+    return "-" if number is None else f"{round(number):,}"
 
 
 def _percent(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "-"
-    return f"{value:.1f}%"
+    number = _number(value)
+    return "-" if number is None else f"{number:.1f}%"
 
 
 def _size(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    size = _number(value)
+    if size is None:
         return "-"
-    size = float(value)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"

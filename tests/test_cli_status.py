@@ -211,6 +211,22 @@ class RenderTests(SynchronousTestCase):
         )
         self.assertEqual(self.row("player-1")[-3:], ["never", "5s", "ago"])
 
+    def test_odd_figures(self) -> None:
+        """
+        Figures that are not finite numbers (another relay may pass them
+        on) show as C{-}, never as a traceback.
+        """
+        status = sample_status()
+        status["nodeInfo"]["web-1"].update(
+            memoryProcess=float("inf"), cpuPercentHost=float("nan"), warnCount="3"
+        )
+        [row] = [
+            line.split()
+            for line in render_status(status, NOW).splitlines()
+            if line.startswith("web-1") and "prod" in line
+        ]
+        self.assertEqual(row[4:], ["-", "63.2%", "-", "-", "0"])
+
 
 class StatusCommandTests(SynchronousTestCase):
     """The command fetches the status and prints it, or fails in one line."""

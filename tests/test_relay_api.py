@@ -1026,6 +1026,38 @@ class NodeInfoTests(RelayTestCase):
         self.assertEqual([a.code for a in answers], [400, 400, 400, 400, 401])
         self.assertEqual((await relay.statusz())["nodeInfo"], {})
 
+    async def test_reports_bounded(self) -> None:
+        """
+        A report must hold finite numbers (the status pages are JSON, which
+        has no infinities), stay under 64 KiB and name a host of at most
+        255 characters; beyond 1,000 hosts new ones wait for old ones to be
+        forgotten.  What is refused is not kept and the others still are.
+        """
+        relay = await self.start()
+        refused = [
+            await self.post_report(relay, b'{"memoryProcess": 1e400}'),
+            await self.post_report(relay, b'{"cpu": NaN}'),
+            await self.post_report(relay, b'{"warnCount": -Infinity}'),
+            await self.post_report(relay, b'{"x": [Infinity]}'),
+            await self.post_report(relay, b'{"pad": "%s"}' % (b"x" * 65536)),
+            await self.post_report(relay, b'{"cpu": 1}', host="h" * 256),
+        ]
+        self.assertEqual(
+            [a.code for a in refused], [400, 400, 400, 400, 413, 400], refused
+        )
+        self.assertEqual((await relay.statusz())["nodeInfo"], {})
+
+        for index in range(1000):
+            answer = await self.post_report(relay, b"{}", host=f"host-{index}")
+            self.assertEqual(answer.code, 200, answer)
+        answer = await self.post_report(relay, b"{}", host="one-too-many")
+        self.assertEqual(answer.code, 429, answer)
+        answer = await self.post_report(relay, b'{"cpu": 2.5}', host="host-7")
+        self.assertEqual(answer.code, 200, answer)
+        nodes = (await relay.statusz())["nodeInfo"]
+        self.assertEqual(len(nodes), 1000)
+        self.assertEqual(nodes["host-7"]["cpu"], 2.5)
+
 
 class StatusTests(RelayTestCase):
     """

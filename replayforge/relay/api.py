@@ -9,7 +9,8 @@ Nothing is answered 200 before it is committed.
 from __future__ import annotations
 
 import json
-from typing import cast
+import math
+from typing import Any, cast
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, gatherResults
@@ -34,6 +35,11 @@ log = Logger()
 DEFAULT_LIMIT = 100
 MAX_WAIT_SECONDS = 30.0
 RETRY_AFTER_SECONDS = 5
+# A node report is a few hundred bytes of figures; statusz and the
+# dashboard render every kept report on each read.
+MAX_NODE_REPORT_BYTES = 64 * 1024
+MAX_NODE_HOST_CHARS = 255
+MAX_NODE_HOSTS = 1000
 
 
 class BadRequest(Exception):
@@ -251,12 +257,21 @@ class RelayAPI:
         host = header_text(request, b"RF-HOSTNAME")
         if not host:
             raise BadRequest(400, "missing RF-HOSTNAME header")
-        try:
-            report = json.loads(request.content.read())
-        except (ValueError, RecursionError):
-            report = None
-        if not isinstance(report, dict):
-            raise BadRequest(400, "invalid request body: expected a JSON object")
+        if len(host) > MAX_NODE_HOST_CHARS:
+            raise BadRequest(400, f"RF-HOSTNAME over {MAX_NODE_HOST_CHARS} characters")
+        body = request.content.read(MAX_NODE_REPORT_BYTES + 1)
+        if len(body) > MAX_NODE_REPORT_BYTES:
+            raise BadRequest(
+                413, f"node report over the limit of {MAX_NODE_REPORT_BYTES} bytes"
+            )
+        report = _parse_node_report(body)
+        if (
+            host not in self._stats.node_info
+            and len(self._stats.node_info) >= MAX_NODE_HOSTS
+        ):
+            raise BadRequest(
+                429, f"reports of {MAX_NODE_HOSTS} hosts already kept; try later"
+            )
         self._stats.node_report(host, report, self._clock.seconds())
         return text_body(request, 200, "")
 
@@ -346,6 +361,35 @@ def _parse_event_array(body: bytes) -> list[str]:
             400, "invalid body: a string holds an unpaired UTF-16 surrogate"
         ) from None
     return events
+
+
+def _parse_node_report(body: bytes) -> dict[str, Any]:
+    """
+    Read a node report: a JSON object whose numbers are all finite, since
+    the status pages that show it are JSON too, which has no infinities.
+    """
+    try:
+        report = json.loads(
+            body, parse_constant=_refuse_constant, parse_float=_finite_float
+        )
+    except (ValueError, RecursionError):
+        report = None
+    if not isinstance(report, dict):
+        raise BadRequest(
+            400, "invalid request body: expected a JSON object of finite numbers"
+        )
+    return report
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _parse_ids(body: bytes) -> list[int]:
