@@ -160,7 +160,13 @@ async def ours_lines_per_second(reactor: Any, folder: Path, count: int) -> float
     buffer = SinkBuffer(folder / "ours-sink.sqlite3", 1 << 40, reactor, reactor)
     await buffer.open()
     pipeline = SourcePipeline(
-        config, None, {"main": buffer}, SourceStats(), {"main": SinkStats()}, reactor
+        config,
+        None,
+        {"main": buffer},
+        SourceStats(),
+        {"main": SinkStats()},
+        reactor,
+        payload_limits={"main": 5 * 1024 * 1024},
     )
     positions = PositionStore(settings.position_path, "bench", reactor)
     source = LogFileSource(

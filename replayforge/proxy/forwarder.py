@@ -9,9 +9,12 @@ batches grow with the load by themselves, and an event on an idle link
 leaves at once.  C{batchTimeoutSecs} keeps its meaning, the longest an event
 waits for a fuller batch: none waits longer than the send before it.  A
 batch never exceeds C{maxPayloadBytes}; an event larger than that alone is
-dropped and counted.  Failures back off exponentially with jitter and retry
-the same batch under the same C{RF-BATCH-ID}, so a relay that stored it
-before the answer was lost stores it only once.
+dropped and counted.  Sources already keep such events out of the buffer
+(L{replayforge.proxy.pipeline}); this check stays as the last line, for
+events buffered while the sink's limit was larger.  Failures back off
+exponentially with jitter and retry the same batch under the same
+C{RF-BATCH-ID}, so a relay that stored it before the answer was lost stores
+it only once.
 
 A sink with a C{transformScript} runs its C{TransformBatch(messages,
 request)} on each batch before each attempt: the messages it returns are
@@ -24,7 +27,6 @@ C{filtered_by_script}.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -41,6 +43,7 @@ from replayforge.logthrottle import ThrottledLog
 from replayforge.lua import ScriptFailure, TransformedBatch
 from replayforge.proxy.buffer import BufferedEvent, SinkBuffer
 from replayforge.proxy.config import ProxySinkConfig
+from replayforge.proxy.payload import encode_event
 from replayforge.proxy.stats import SinkStats
 
 log = Logger()
@@ -261,7 +264,7 @@ class Forwarder:
             events = await self._buffer.oldest(batching.max_events)
             if not events:
                 continue
-            encoded = [_encode(event.content) for event in events]
+            encoded = [encode_event(event.content) for event in events]
             events, encoded = await self._drop_oversized(events, encoded)
             if not events:
                 continue
@@ -418,7 +421,7 @@ class Forwarder:
             url = self.config.url.rstrip("/") + "/" + result.path.lstrip("/")
         return OutgoingBatch(
             events=batch.events,
-            encoded=[_encode(message) for message in result.messages],
+            encoded=[encode_event(message) for message in result.messages],
             url=url,
             headers=headers,
         )
@@ -471,10 +474,6 @@ class Forwarder:
 
 def _pass() -> None:
     """Nothing: what a plain timed wait calls."""
-
-
-def _encode(content: str) -> bytes:
-    return json.dumps(content, ensure_ascii=False).encode("utf-8")
 
 
 def _up_to_goal(

@@ -3,7 +3,9 @@ The proxy's C{http} source: every request to its listener becomes an event.
 
 Any method and any path are captured as a call object.  The client gets its
 answer only once the events it caused are committed to the sink buffers:
-200 when they are, 503 with C{Retry-After} when a buffer is full.
+200 when they are, 503 with C{Retry-After} when a buffer is full, 413 when an
+event is larger than its sink's C{maxPayloadBytes} (nothing stored: the relay
+request could never carry it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from replayforge import callobject
 from replayforge.proxy.buffer import BufferFull
-from replayforge.proxy.pipeline import SourcePipeline
+from replayforge.proxy.pipeline import PayloadTooLarge, SourcePipeline
 
 log = Logger()
 
@@ -54,6 +56,10 @@ class CaptureResource(Resource):
         def failed(failure: Failure) -> None:
             if failure.check(BufferFull):
                 answer(503, b"Server busy, try again later", retry=True)
+                return
+            if failure.check(PayloadTooLarge):
+                message = f"Request too large: {failure.value}"
+                answer(413, message.encode("utf-8"))
                 return
             log.failure(
                 "source {source}: could not buffer an event",

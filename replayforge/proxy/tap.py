@@ -238,6 +238,10 @@ class ProxyService(MultiService):
                 self.source_stats[source.id],
                 self.sink_stats,
                 clock,
+                payload_limits={
+                    sink_id: sink.batching.max_payload_bytes
+                    for sink_id, sink in config.sinks.items()
+                },
             )
             if script is not None and script.defines("TimerHandler"):
                 PeriodicTask(  # type: ignore[no-untyped-call]  # unannotated in Twisted
