@@ -1341,6 +1341,21 @@ class HostileInputTests(RelayTestCase):
         self.assertIn(b"surrogate", answer.body)
         self.assertEqual(await relay.contents("logs"), [])
 
+    async def test_other_content_encodings_refused(self) -> None:
+        """
+        A body in a coding the relay does not decode (gzip arrives already
+        inflated by the listener) is answered 415, never stored as it is.
+        """
+        relay = await self.start()
+        for coding in ["br", "deflate", "gzip, gzip", "identity, br"]:
+            answer = await relay.post_batch(["kept?"], **{"Content-Encoding": coding})
+            self.assertEqual(answer.code, 415, coding)
+            self.assertIn(b"unsupported Content-Encoding", answer.body)
+        self.assertEqual(await relay.contents("logs"), [])
+        answer = await relay.post_batch(["plain"], **{"Content-Encoding": "identity"})
+        self.assertEqual(answer.code, 200, answer)
+        self.assertEqual(await relay.contents("logs"), ["plain"])
+
     async def test_deeply_nested_body(self) -> None:
         """JSON nested deeper than the parser goes is a 400, not a crash."""
         relay = await self.start()

@@ -160,7 +160,7 @@ class RelayAPI:
             self._authorized_store(request, name) for name in dict.fromkeys(names)
         ]
         await self._check_tailnet(request, stores)
-        events = _parse_event_array(request.content.read())
+        events = _parse_event_array(_plain_body(request))
 
         full = [store.name for store in stores if store.is_full]
         if full:
@@ -243,7 +243,7 @@ class RelayAPI:
         """Delete the records whose ids are listed in the body."""
         store = self._one_bucket(request)
         await self._check_tailnet(request, [store])
-        ids = _parse_ids(request.content.read())
+        ids = _parse_ids(_plain_body(request))
         deleted = await store.acknowledge(ids)
         if not deleted:
             return text_body(request, 404, "no records matched the given ids\n")
@@ -259,7 +259,7 @@ class RelayAPI:
             raise BadRequest(400, "missing RF-HOSTNAME header")
         if len(host) > MAX_NODE_HOST_CHARS:
             raise BadRequest(400, f"RF-HOSTNAME over {MAX_NODE_HOST_CHARS} characters")
-        body = request.content.read(MAX_NODE_REPORT_BYTES + 1)
+        body = _plain_body(request, MAX_NODE_REPORT_BYTES + 1)
         if len(body) > MAX_NODE_REPORT_BYTES:
             raise BadRequest(
                 413, f"node report over the limit of {MAX_NODE_REPORT_BYTES} bytes"
@@ -361,6 +361,26 @@ def _parse_event_array(body: bytes) -> list[str]:
             400, "invalid body: a string holds an unpaired UTF-16 surrogate"
         ) from None
     return events
+
+
+def _plain_body(request: IRequest, most: int = -1) -> bytes:
+    """
+    Read the body, refusing one in an encoding the relay does not decode.
+
+    A gzip body arrives inflated, its C{Content-Encoding} gone; any other
+    coding left would be read as JSON and refused as such, or stored as it
+    is, so it is answered 415 instead.
+    """
+    codings = request.requestHeaders.getRawHeaders(b"Content-Encoding") or []
+    for coding in b",".join(codings).split(b","):
+        if coding.strip().lower() not in (b"", b"identity"):
+            raise BadRequest(
+                415,
+                f"unsupported Content-Encoding {coding.strip().decode('latin-1')!r}:"
+                " send the body as it is, or gzip",
+            )
+    body: bytes = request.content.read(most)
+    return body
 
 
 def _parse_node_report(body: bytes) -> dict[str, Any]:
