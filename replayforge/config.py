@@ -6,6 +6,13 @@ one mapping of the raw document, converts each value, and on the first bad
 value raises L{ConfigError} naming the file, the key path (C{sinks[0].buckets})
 and what was expected.  Keys nobody read are warned about, never fatal, so a
 config written for a newer or older release still starts.
+
+Listener endpoint strings are parsed when the file is read, against a
+reactor that opens nothing (L{Section.endpoint}): a malformed string, or
+the missing or unreadable key and certificate of an C{ssl:} listener, is a
+config error rather than a failure at start.  The URLs of servers a daemon
+calls may not carry a user and password (L{Section.url}): no client of the
+daemons would send them.
 """
 
 from __future__ import annotations
@@ -17,14 +24,22 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
+from OpenSSL import SSL, crypto
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
+
+from replayforge.logs import mask_url
 
 log = Logger()
 
 T = TypeVar("T")
 _MISSING: Any = object()
+
+MAX_PORT = 65535
 
 _ENV_REFERENCE = re.compile(
     r"\\\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)"
@@ -178,6 +193,35 @@ def load_document(
     return Section(raw, source, "", base=Path(path).resolve().parent)
 
 
+def endpoint_problem(description: str) -> str | None:
+    """
+    Say why the server endpoint string C{description} cannot be listened
+    on, or L{None} when it parses (see L{Section.check_endpoint}).
+    """
+    kind = description.partition(":")[0].strip().lower()
+    if kind == "systemd" and "LISTEN_FDS" not in os.environ:
+        return None
+    try:
+        endpoint = serverFromString(MemoryReactor(), description)
+    except OSError as error:
+        return f"cannot read {error.filename or 'a file'}: {error.strerror or error}"
+    except (TypeError, ValueError, IndexError, KeyError) as error:
+        return (
+            f"{error or type(error).__name__}; expected an endpoint string such "
+            'as "tcp:8081:interface=127.0.0.1"'
+        )
+    except (SSL.Error, crypto.Error) as error:
+        return f"invalid key or certificate ({error})"
+    except Exception as error:
+        # An endpoint plugin's parser may raise anything for a bad argument.
+        return f"{type(error).__name__}: {error}"
+    # Twisted checks the port number only when it binds.
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= MAX_PORT:
+        return f"expected a port number from 0 to {MAX_PORT}, got {port}"
+    return None
+
+
 class Section:
     """
     One mapping of a configuration document, read key by key.
@@ -296,6 +340,73 @@ class Section:
             parse_duration,
             'a duration such as "300ms", "1m30s" or a number of seconds',
         )
+
+    def port(self, key: str, default: int = _MISSING) -> int:
+        """Read a TCP port number, 0 to 65535 (a Go-era C{port} key)."""
+
+        def convert(value: Any) -> int:
+            if isinstance(value, bool):
+                raise TypeError(value)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            number = int(value)
+            if not 0 <= number <= MAX_PORT:
+                raise ValueError(value)
+            return number
+
+        return self._convert(
+            key, default, convert, f"a port number from 0 to {MAX_PORT}"
+        )
+
+    def endpoint(self, key: str) -> str:
+        """
+        Read a listener's Twisted endpoint string (C{"tcp:8081"}), or C{""}
+        when the key is absent, checked by L{check_endpoint}.
+        """
+        description = self.text(key, "")
+        if description:
+            self.check_endpoint(key, description)
+        return description
+
+    def check_endpoint(self, key: str, description: str) -> None:
+        """
+        Parse the endpoint string C{description}, read from or made of
+        C{key}, as the daemon will when it starts listening.
+
+        Parsing an C{ssl:} endpoint reads its key and certificate, so a
+        missing or invalid file is found here.  A C{systemd:} endpoint
+        is checked only where systemd passed the daemon its sockets.
+
+        @raise ConfigError: naming C{key} when the endpoint cannot be used.
+        """
+        problem = endpoint_problem(description)
+        if problem is not None:
+            raise self.error(key, f"cannot listen on {description!r}: {problem}")
+
+    def url(self, key: str, credentials_hint: str = "") -> str:
+        """
+        Read the C{http://} or C{https://} URL of a server the daemon calls.
+
+        @param credentials_hint: where credentials go instead, said when the
+            URL carries a user or password (C{"use authBearer"}).
+        """
+        value = self.text(key)
+        if not value.startswith(("http://", "https://")):
+            shown = mask_url(value)
+            raise self.error(key, f"expected an http:// or https:// URL, got {shown!r}")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - reading the port checks it
+        except ValueError as error:
+            raise self.error(key, f"expected a valid URL ({error})") from None
+        if not parts.hostname:
+            raise self.error(key, "expected a host name or address in the URL")
+        if "@" in parts.netloc:
+            problem = "user and password in the URL are not supported"
+            if credentials_hint:
+                problem += f"; {credentials_hint}"
+            raise self.error(key, problem)
+        return value
 
     def text_list(self, key: str, default: list[str] = _MISSING) -> list[str]:
         """Read a list of strings; a comma-separated string is accepted too."""

@@ -3,12 +3,14 @@ Check a daemon's configuration file and show it as the daemon would run it.
 
 The file goes through the loader the daemon uses at start-up, so every value
 the daemon would refuse is refused here, with the same one-line message
-(scripts are not run and listeners not opened: those wait for the daemon).
+(scripts are not run and listeners not opened: those wait for the daemon;
+listener endpoints are parsed, their key and certificate files read).
 The result is rendered as plain data, every default filled in, with every
 secret masked: the fields the config records
 keep out of their C{repr} (tokens, passwords, connection strings), values
 under names that look secret (C{Authorization} headers, C{apiKey} metadata),
-and the password part of any URL or libpq connection string.
+the password part of any URL or libpq connection string, and the values of
+secret-looking URL query parameters (C{?api_key=...}).
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import yaml
 
 from replayforge.config import ConfigError, Section, load_document
+from replayforge.logs import mask_urls
 from replayforge.player.config import parse_player_config
 from replayforge.proxy.config import parse_proxy_config
 from replayforge.relay.config import parse_relay_config
@@ -40,7 +42,9 @@ _SECRET_NAME = re.compile(
     r"auth|bearer|password|passwd|secret|token|api[-_]?key|cookie|credential",
     re.IGNORECASE,
 )
-_CONNINFO_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+# libpq separates its keywords by spaces: a "password=" inside a URL's query
+# is left to the URL masking, which keeps the parameters after it.
+_CONNINFO_PASSWORD = re.compile(r"((?<!\S)password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
 
 
 def detect_daemon(document: Section) -> str:
@@ -80,19 +84,12 @@ def load_for_check(path: str | Path, daemon: str | None = None) -> tuple[str, An
 
 
 def mask_text(text: str) -> str:
-    """Mask the password of a URL or of a libpq C{key=value} string."""
+    """
+    Mask the password of a libpq C{key=value} string, and the password and
+    secret query parameters of every URL (L{replayforge.logs.mask_url}).
+    """
     text = _CONNINFO_PASSWORD.sub(lambda match: match.group(1) + MASK, text)
-    if "://" not in text:
-        return text
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return text
-    if parts.password is None:
-        return text
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+    return mask_urls(text, MASK)
 
 
 def _masked_secret(value: Any) -> Any:

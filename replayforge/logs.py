@@ -28,6 +28,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
+from urllib.parse import unquote_plus
 
 import attrs
 from twisted.logger import (
@@ -67,7 +68,10 @@ MASK = "***"
 MIN_LITERAL_SECRET = 4
 
 _SCHEME_TOKEN = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]+")
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@'\"]*):[^/\s@'\"]*@")
+_URL = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+")
+# Substrings of query parameter names whose values are masked: they also
+# cover apikey, api_key, passwd, access_token, signature and the like.
+_SECRET_QUERY_NAME = re.compile(r"(?i)token|key|secret|password|passwd|pwd|auth|sig")
 _SECRET_FIELD = re.compile(
     r"(?i)(?<![A-Za-z0-9_])([\"']?(?:authBearer|relayAuthenticationBearer|"
     r"httpPassword|password|passwd|auth|token|secret|authorization)[\"']?"
@@ -153,15 +157,52 @@ def configure_daemon(
 def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
     """
     Replace tokens and passwords in C{text} with C{***}: bearer and basic
-    credentials, the password of a URL, values of secret-named fields, and
-    every literal in C{secrets}.
+    credentials, the password and secret query parameters of a URL, values
+    of secret-named fields, and every literal in C{secrets}.
     """
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     text = _SCHEME_TOKEN.sub(rf"\1\2{MASK}", text)
-    text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
+    text = mask_urls(text)
     return _SECRET_FIELD.sub(rf"\1{MASK}", text)
+
+
+def mask_url(url: str, mask: str = MASK) -> str:
+    """
+    Mask the secrets of one URL: its password, and the value of each query
+    parameter whose name looks secret (C{token}, C{api_key}, C{sig}, ...).
+
+    The rest of the URL stays as it was written.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    ends = [rest.find(mark) for mark in "/?#" if mark in rest]
+    authority_end = min(ends, default=len(rest))
+    authority, tail = rest[:authority_end], rest[authority_end:]
+    userinfo, at, host = authority.rpartition("@")
+    if at and ":" in userinfo:
+        authority = f"{userinfo.partition(':')[0]}:{mask}@{host}"
+    before_fragment, hash_mark, fragment = tail.partition("#")
+    path, question_mark, query = before_fragment.partition("?")
+    if question_mark:
+        query = "&".join(
+            _mask_parameter(parameter, mask) for parameter in query.split("&")
+        )
+    return f"{scheme}://{authority}{path}{question_mark}{query}{hash_mark}{fragment}"
+
+
+def mask_urls(text: str, mask: str = MASK) -> str:
+    """Mask the secrets of every URL in C{text} (see L{mask_url})."""
+    return _URL.sub(lambda match: mask_url(match.group(0), mask), text)
+
+
+def _mask_parameter(parameter: str, mask: str) -> str:
+    name, equals, value = parameter.partition("=")
+    if value and _SECRET_QUERY_NAME.search(unquote_plus(name)):
+        return f"{name}{equals}{mask}"
+    return parameter
 
 
 def mask_value(value: Any, secrets: Iterable[str] = ()) -> Any:

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from replayforge.cli import main
 from replayforge.configcheck import MASK, mask_text
+from tests.tls_support import make_authority
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 SECRET = "s3cret-value-never-shown"
@@ -88,7 +89,7 @@ def proxy_document() -> dict[str, Any]:
             {
                 "id": "relay",
                 "type": "http",
-                "url": f"http://forwarder:{SECRET}@127.0.0.1:{PORT}/",
+                "url": f"http://127.0.0.1:{PORT}/",
                 "authBearer": SECRET,
                 "buckets": ["logs"],
             }
@@ -159,8 +160,8 @@ class CheckTests(CheckTestCase):
 
     def test_proxy(self) -> None:
         """
-        A proxy's sink token and URL password, and its PostgreSQL password,
-        are masked; the rest of the connection string stays readable.
+        A proxy's sink token and its PostgreSQL password are masked; the
+        sink's URL and the rest of the connection string stay readable.
         """
         run = self.check("-c", str(self.write("proxy.json", proxy_document())))
 
@@ -169,7 +170,7 @@ class CheckTests(CheckTestCase):
         document = run.document()
         sink = document["sinks"]["relay"]
         self.assertEqual(sink["auth_bearer"], MASK)
-        self.assertEqual(sink["url"], f"http://forwarder:{MASK}@127.0.0.1:{PORT}/")
+        self.assertEqual(sink["url"], f"http://127.0.0.1:{PORT}/")
         conninfo = document["sources"][0]["settings"]["conninfo"]
         self.assertIn("host='127.0.0.1'", conninfo)
         self.assertIn(f"password={MASK}", conninfo)
@@ -191,6 +192,53 @@ class CheckTests(CheckTestCase):
         self.assertEqual(sink["metadata"], {"apiKey": MASK, "team": "ops"})
         [hook] = sink["settings"]["webhooks"]
         self.assertEqual(hook["headers"], [["Authorization", MASK], ["X-Team", "ops"]])
+
+    def test_query_secrets_masked(self) -> None:
+        """
+        Secret-looking query parameters of every printed URL are masked;
+        the rest of each URL stays readable.
+        """
+        document = player_document()
+        document["sinks"].append(
+            {
+                "name": "mirror",
+                "type": "http",
+                "params": {
+                    "targetHost": "http://127.0.0.1:9/?api_key=QueryKeySecret77&region=eu"
+                },
+            }
+        )
+        hook = document["sinks"][0]["params"]["webhooks"]["chat"]
+        hook["url"] = "http://127.0.0.1:9/hook?Token=QueryToken88&X-Sig=QuerySig99"
+
+        run = self.check("-c", str(self.write("player.json", document)))
+
+        self.assertEqual((run.code, run.err), (0, []))
+        for secret in ("QueryKeySecret77", "QueryToken88", "QuerySig99"):
+            self.assertNotIn(secret, run.text)
+        printed = run.document()
+        self.assertEqual(
+            printed["sinks"][1]["settings"]["target_host"],
+            f"http://127.0.0.1:9/?api_key={MASK}&region=eu",
+        )
+        [hook_shown] = printed["sinks"][0]["settings"]["webhooks"]
+        self.assertEqual(
+            hook_shown["url"], f"http://127.0.0.1:9/hook?Token={MASK}&X-Sig={MASK}"
+        )
+
+    def test_tls_listener(self) -> None:
+        """An C{ssl:} listener with a readable key and certificate passes."""
+        authority = make_authority(self.folder / "tls")
+        listen = (
+            f"ssl:8443:interface=127.0.0.1:privateKey={authority.server_key}"
+            f":certKey={authority.server_cert}"
+        )
+        path = self.write("relay.json", relay_document(listen=listen))
+
+        run = self.check("-c", str(path))
+
+        self.assertEqual((run.code, run.err), (0, []))
+        self.assertEqual(run.document()["listen"], listen)
 
     def test_json(self) -> None:
         """C{--json} prints the same configuration as JSON."""
@@ -268,6 +316,48 @@ class CheckErrorTests(CheckTestCase):
             "cannot read the file",
         )
 
+    def test_listener_unparsable(self) -> None:
+        """A listener string the relay could not listen on is refused."""
+        path = self.write("relay.json", relay_document(listen="tcp:abc"))
+
+        self.assert_refused(
+            self.check("-c", str(path)), "relay.json: listen: ", "'tcp:abc'"
+        )
+
+    def test_listener_tls_files_missing(self) -> None:
+        """
+        An C{ssl:} listener whose key and certificate are missing is refused,
+        naming the key path and the file.
+        """
+        listen = "ssl:8443:privateKey=missing.pem:certKey=missing.pem"
+        document = proxy_document()
+        document["listenStatusZ"] = listen
+        path = self.write("proxy.json", document)
+
+        self.assert_refused(
+            self.check("-c", str(path)),
+            "proxy.json: listenStatusZ: ",
+            "missing.pem: No such file or directory",
+        )
+
+    def test_relay_url_credentials(self) -> None:
+        """
+        A C{relayUrl} with a user and password is refused, pointing at the
+        bearer; the password is not printed.
+        """
+        document = player_document()
+        document["relayUrl"] = f"https://user:{SECRET}@127.0.0.1:18481/"
+        path = self.write("player.json", document)
+
+        run = self.check("-c", str(path))
+
+        self.assert_refused(
+            run,
+            "player.json: relayUrl: user and password in the URL are not "
+            "supported; use relayAuthenticationBearer",
+        )
+        self.assertNotIn(SECRET, run.err[0])
+
     def test_bad_yaml(self) -> None:
         """A file that does not parse is refused with its line."""
         path = self.write("relay.yaml", "buckets: [unclosed\n")
@@ -289,6 +379,26 @@ class MaskTextTests(SynchronousTestCase):
         """A URL without a password is left alone."""
         for text in ["http://127.0.0.1:8081/", "http://user@127.0.0.1/", "plain"]:
             self.assertEqual(mask_text(text), text)
+
+    def test_query_parameters(self) -> None:
+        """
+        Query parameters whose names look secret are masked, whatever their
+        case; others, the path and the fragment stay.
+        """
+        cases = {
+            "http://host/?api_key=QueryKeySecret77": f"http://host/?api_key={MASK}",
+            "https://h/x?apikey=a&Access_Token=b&page=2#top": (
+                f"https://h/x?apikey={MASK}&Access_Token={MASK}&page=2#top"
+            ),
+            "http://h/?PASSWD=a&pwd=b&auth=c&Signature=d&sig=e&secret=f": (
+                f"http://h/?PASSWD={MASK}&pwd={MASK}&auth={MASK}"
+                f"&Signature={MASK}&sig={MASK}&secret={MASK}"
+            ),
+            "http://u:pw@h/?password=x&q=1": f"http://u:{MASK}@h/?password={MASK}&q=1",
+            "http://h/?token=&flag": "http://h/?token=&flag",
+        }
+        for text, expected in cases.items():
+            self.assertEqual(mask_text(text), expected, text)
 
     def test_conninfo(self) -> None:
         """A quoted or bare libpq password is masked."""

@@ -835,15 +835,34 @@ class RelayConfigTests(SynchronousTestCase):
 
     def test_bad_port(self) -> None:
         """
-        A port that is not a whole number is refused at its key.
+        A port that is not a whole number from 0 to 65535 is refused at its
+        key.
+        """
+        expected = "expected a port number from 0 to 65535"
+        self.assertConfigError(
+            {**GO_RELAY_CONFIG, "portStatusZ": "eighty"}, "portStatusZ", expected
+        )
+        self.assertConfigError({**GO_RELAY_CONFIG, "port": -1}, "port", expected)
+        self.assertConfigError({**GO_RELAY_CONFIG, "port": 70000}, "port", expected)
+
+    def test_bad_listeners(self) -> None:
+        """
+        C{listen} and C{listenStatusZ} are parsed when the file is read: a
+        string the relay could not listen on is refused at its key.
         """
         self.assertConfigError(
-            {**GO_RELAY_CONFIG, "portStatusZ": "eighty"},
-            "portStatusZ",
-            "expected a whole number",
+            {**GO_RELAY_CONFIG, "listen": "tcp:abc"},
+            "listen",
+            "cannot listen on 'tcp:abc': ",
         )
         self.assertConfigError(
-            {**GO_RELAY_CONFIG, "port": -1}, "port", "expected a whole number"
+            {
+                **GO_RELAY_CONFIG,
+                "listenStatusZ": "ssl:8443:privateKey=/nonexistent/key.pem",
+            },
+            "listenStatusZ",
+            "cannot listen on 'ssl:8443:privateKey=/nonexistent/key.pem': "
+            "cannot read /nonexistent/key.pem",
         )
 
     def test_bad_bucket_names(self) -> None:

@@ -127,6 +127,73 @@ class ConfigErrorTests(StartUpTestCase):
         self.assertEqual(len(result.stderr.strip().splitlines()), 1)
 
 
+class ListenerErrorTests(StartUpTestCase):
+    """
+    A listener endpoint string the daemon could not listen on, or a URL
+    with credentials no client would send, stops start-up with one line.
+    """
+
+    def assert_one_line_error(
+        self, result: subprocess.CompletedProcess[str], expected: str
+    ) -> None:
+        """The process failed and said exactly C{expected} on stderr."""
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertEqual(result.stderr.strip(), expected)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+    def test_relay_listen_unparsable(self) -> None:
+        """C{listen: tcp:abc} names the key and the endpoint problem."""
+        self.write("relay.yaml", "listen: 'tcp:abc'\nbuckets:\n  logs:\n    auth: t\n")
+        result = twistd(self.folder, "replayforge-relay", "-c", "relay.yaml")
+        self.assert_one_line_error(
+            result,
+            "replayforge-relay: relay.yaml: listen: cannot listen on 'tcp:abc': "
+            "invalid literal for int() with base 10: 'abc'; expected an endpoint "
+            'string such as "tcp:8081:interface=127.0.0.1"',
+        )
+
+    def test_proxy_tls_files_missing(self) -> None:
+        """
+        An C{ssl:} source listener whose key and certificate are missing
+        names the key path and the file.
+        """
+        self.write(
+            "proxy.yaml",
+            "sources:\n"
+            "  - {id: web, type: http, targetSink: relay, params: {listen: "
+            "'ssl:8443:privateKey=missing.pem:certKey=missing.pem'}}\n"
+            "sinks:\n"
+            "  - {id: relay, url: 'http://127.0.0.1:9/', buckets: [b]}\n",
+        )
+        result = twistd(self.folder, "replayforge-proxy", "-c", "proxy.yaml")
+        missing = self.folder.resolve() / "missing.pem"
+        self.assert_one_line_error(
+            result,
+            "replayforge-proxy: proxy.yaml: sources[0].params.listen: cannot "
+            "listen on 'ssl:8443:privateKey=missing.pem:certKey=missing.pem': "
+            f"cannot read {missing}: No such file or directory",
+        )
+
+    def test_player_relay_url_credentials(self) -> None:
+        """A C{relayUrl} with a user and password points at the bearer."""
+        config = {
+            "relayUrl": "https://user:pw@127.0.0.1:18481/",
+            "sources": [
+                {"name": "b", "relayAuthenticationBearer": "t", "sinks": ["db"]}
+            ],
+            "sinks": [
+                {"name": "db", "type": "db", "params": {"database": "db.sqlite3"}}
+            ],
+        }
+        self.write("player.json", json.dumps(config))
+        result = twistd(self.folder, "replayforge-player", "-c", "player.json")
+        self.assert_one_line_error(
+            result,
+            "replayforge-player: player.json: relayUrl: user and password in the "
+            "URL are not supported; use relayAuthenticationBearer",
+        )
+
+
 class ScriptErrorTests(StartUpTestCase):
     """A Lua script that does not load stops start-up, naming script and line."""
 

@@ -221,6 +221,10 @@ class MaskTests(SynchronousTestCase):
             "relayAuthenticationBearer=xyz next": "relayAuthenticationBearer=*** next",
             "httpPassword: pw": "httpPassword: ***",
             "bucket logs stored 3 events": "bucket logs stored 3 events",
+            "GET http://h/x?api_key=k3y&page=2 failed": (
+                "GET http://h/x?api_key=***&page=2 failed"
+            ),
+            "'https://u:pw@h/?Sig=abc#f' sent": "'https://u:***@h/?Sig=***#f' sent",
             "author=ann": "author=ann",
         }
         for text, expected in cases.items():

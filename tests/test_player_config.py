@@ -214,6 +214,77 @@ class PlayerConfigTests(SynchronousTestCase):
             self.error(minimal(httpUsername="admin")).key_path, "httpPassword"
         )
 
+    def test_relay_url_credentials(self) -> None:
+        """
+        A C{relayUrl} carrying a user and password is refused, pointing at
+        the bearer, and without repeating the password.
+        """
+        error = self.error(minimal(relayUrl="https://user:pw-77@127.0.0.1:18481/"))
+        self.assertEqual(error.key_path, "relayUrl")
+        self.assertEqual(
+            error.problem,
+            "user and password in the URL are not supported; use "
+            "relayAuthenticationBearer",
+        )
+        self.assertNotIn("pw-77", str(error))
+        error = self.error(minimal(relayUrlStatusz="user:pw-77@127.0.0.1:8082"))
+        self.assertEqual(error.key_path, "relayUrlStatusz")
+        self.assertNotIn("pw-77", str(error))
+
+    def test_sink_url_credentials(self) -> None:
+        """
+        The URLs the http and notification sinks call may not carry a user
+        and password either: their client would not send them.
+        """
+        document = minimal()
+        document["sinks"][0]["params"] = {"targetHost": "http://u:p@127.0.0.1:9000"}
+        error = self.error(document)
+        self.assertEqual(error.key_path, "sinks[0].params.targetHost")
+        self.assertIn("user and password in the URL are not supported", error.problem)
+        document["sinks"][0] = {
+            "name": "web",
+            "type": "notification",
+            "params": {"webhooks": {"chat": {"url": "https://bot@127.0.0.1/hook"}}},
+        }
+        error = self.error(document)
+        self.assertEqual(error.key_path, "sinks[0].params.webhooks.chat.url")
+        self.assertIn("Authorization header", error.problem)
+
+    def test_bad_listeners(self) -> None:
+        """
+        Every listener key is parsed when the file is read: the exposed and
+        status listeners, their Go-era ports, and a db sink's API listener.
+        """
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"listen": "tcp:abc"}, "listen"),
+            (
+                {"listenStatusZ": "ssl:8443:privateKey=/nonexistent.pem"},
+                "listenStatusZ",
+            ),
+            ({"exposedPort": 70000}, "exposedPort"),
+            ({"portStatusZ": -1}, "portStatusZ"),
+        ]
+        for overrides, key_path in cases:
+            error = self.error(minimal(**overrides))
+            self.assertEqual(error.key_path, key_path, overrides)
+            self.assertNotIn("\n", str(error))
+        document = minimal()
+        document["sinks"].append(
+            {
+                "name": "store",
+                "type": "db",
+                "params": {"database": "events.sqlite3", "listen": "tcp:80:x=y"},
+            }
+        )
+        error = self.error(document)
+        self.assertEqual(error.key_path, "sinks[1].params.listen")
+        self.assertIn("cannot listen on 'tcp:80:x=y'", error.problem)
+        document["sinks"][1]["params"] = {
+            "database": "events.sqlite3",
+            "listen_port": "99999",
+        }
+        self.assertEqual(self.error(document).key_path, "sinks[1].params.listen_port")
+
 
 class ProcessorTests(SynchronousTestCase):
     """Loading a source's script or fan-out."""

@@ -397,6 +397,47 @@ class ProxyConfigErrorTests(ProxyConfigTestCase):
 
         self.assertConfigError(document, "sinks[0].url", "'relay.example.com:8081'")
 
+    def test_url_credentials(self) -> None:
+        """
+        A sink C{url} with a user and password is an error pointing at
+        C{authBearer}, without the password.
+        """
+        document = minimal_config()
+        document["sinks"][0]["url"] = "https://forwarder:pw-77@127.0.0.1:8081/"
+
+        error = self.assertConfigError(
+            document,
+            "sinks[0].url",
+            "user and password in the URL are not supported; use authBearer",
+        )
+        self.assertNotIn("pw-77", str(error))
+
+    def test_bad_listeners(self) -> None:
+        """
+        A source's C{params.listen} or C{listenPort} and the status listener
+        are parsed when the file is read.
+        """
+        document = minimal_config()
+        document["sources"][0]["params"]["listen"] = "tcp:abc"
+        self.assertConfigError(
+            document, "sources[0].params.listen", "cannot listen on 'tcp:abc'"
+        )
+        document = minimal_config()
+        document["sources"][0]["params"] = {"listenPort": 70000}
+        self.assertConfigError(
+            document, "sources[0].params.listenPort", "from 0 to 65535"
+        )
+        missing = self.folder / "missing.pem"
+        listen = f"ssl:8443:privateKey={missing}:certKey={missing}"
+        self.assertConfigError(
+            minimal_config(listenStatusZ=listen),
+            "listenStatusZ",
+            f"cannot read {missing}",
+        )
+        self.assertConfigError(
+            minimal_config(portStatusZ="status"), "portStatusZ", "port number"
+        )
+
     def test_empty_buckets(self) -> None:
         """A sink must name at least one bucket."""
         document = minimal_config()

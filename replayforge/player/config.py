@@ -132,11 +132,7 @@ class PlayerConfig:
 
 def parse_player_config(document: Section) -> PlayerConfig:
     """Build a L{PlayerConfig} from the file's top-level mapping."""
-    relay_url = document.text("relayUrl")
-    if not relay_url.startswith(("http://", "https://")):
-        raise document.error(
-            "relayUrl", f"expected an http:// or https:// URL, got {relay_url!r}"
-        )
+    relay_url = document.url("relayUrl", "use relayAuthenticationBearer")
     if not relay_url.endswith("/"):
         relay_url += "/"
 
@@ -159,7 +155,7 @@ def parse_player_config(document: Section) -> PlayerConfig:
     config = PlayerConfig(
         source_file=document.source,
         relay_url=relay_url,
-        relay_url_statusz=document.text("relayUrlStatusz", ""),
+        relay_url_statusz=_relay_status_url(document),
         env_name=document.text("envName", ""),
         host_name=document.text("hostName", "") or socket.gethostname(),
         sources=sources,
@@ -304,8 +300,8 @@ def _read_sources(document: Section, sink_names: set[str]) -> list[PlayerSourceC
 
 
 def _exposed_listener(document: Section, on_tailnet: bool) -> str | None:
-    listen = document.text("listen", "")
-    port = document.integer("exposedPort", 0, minimum=0)
+    listen = document.endpoint("listen")
+    port = document.port("exposedPort", 0)
     address = document.text("listenAddress", "")
     if listen:
         return listen
@@ -319,11 +315,22 @@ def _exposed_listener(document: Section, on_tailnet: bool) -> str | None:
 
 
 def _status_listener(document: Section) -> str | None:
-    listen = document.text("listenStatusZ", "")
+    listen = document.endpoint("listenStatusZ")
     if listen:
         return listen
-    port = document.integer("portStatusZ", 0, minimum=0)
+    port = document.port("portStatusZ", 0)
     return f"tcp:{port}" if port else None
+
+
+def _relay_status_url(document: Section) -> str:
+    """Read C{relayUrlStatusz}, a URL or a bare C{host:port}."""
+    url = document.text("relayUrlStatusz", "")
+    authority = url.partition("://")[2] if "://" in url else url
+    if "@" in authority.partition("/")[0]:
+        raise document.error(
+            "relayUrlStatusz", "user and password in the URL are not supported"
+        )
+    return url
 
 
 def _poll_wait(document: Section) -> float:

@@ -100,9 +100,7 @@ def _parse_sink(section: Section, socks5: Socks5Server | None) -> ProxySinkConfi
     kind = section.text("type", "http")
     if kind != "http":
         raise section.error("type", f"expected 'http', got {kind!r}")
-    url = section.text("url")
-    if not url.startswith(("http://", "https://")):
-        raise section.error("url", f"expected an http:// or https:// URL, got {url!r}")
+    url = section.url("url", "use authBearer")
     # The relay ignores blank names in RF-BUCKETS; with none left it refuses
     # every batch, as after an unset $BUCKET: that is a config error.
     buckets = [name for name in section.text_list("buckets") if name]
@@ -162,7 +160,7 @@ def _parse_source(
         )
     params = section.section("params")
     listen = endpoint_description(
-        params.text("listen", ""), params.integer("listenPort", 0, minimum=0)
+        params.endpoint("listen"), params.port("listenPort", 0)
     )
     if kind == "http" and listen is None:
         raise params.error("listenPort", "expected a port above 0 (or params.listen)")
@@ -214,8 +212,7 @@ def parse_proxy_config(document: Section) -> ProxyConfig:
         env_name=document.text("envName", ""),
         host_name=document.text("hostName", "") or socket.gethostname(),
         listen_status=endpoint_description(
-            document.text("listenStatusZ", ""),
-            document.integer("portStatusZ", 0, minimum=0),
+            document.endpoint("listenStatusZ"), document.port("portStatusZ", 0)
         ),
         verbosity_level=document.text("verbosityLevel", "info"),
         tsnet_hostname=document.text("tsnetHostname", ""),

@@ -72,13 +72,12 @@ class RelayConfig:
 
 def parse_relay_config(document: Section) -> RelayConfig:
     """Build a L{RelayConfig} from the file's top-level mapping."""
-    port = document.integer("port", DEFAULT_PORT, minimum=0)
-    listen = endpoint_description(document.text("listen", ""), port)
+    port = document.port("port", DEFAULT_PORT)
+    listen = endpoint_description(document.endpoint("listen"), port)
     if listen is None:
         raise document.error("port", "expected a port number above 0")
     status_listen = endpoint_description(
-        document.text("listenStatusZ", ""),
-        document.integer("portStatusZ", 0, minimum=0),
+        document.endpoint("listenStatusZ"), document.port("portStatusZ", 0)
     )
 
     buckets: dict[str, BucketConfig] = {}

@@ -179,11 +179,7 @@ def read_http_settings(params: Section) -> HttpSinkSettings:
     C{maxConcurrency}, retry policy and TLS keys (C{caFile}, C{clientCert},
     C{clientKey}, C{insecureSkipVerify}).
     """
-    target = params.text("targetHost")
-    if not target.startswith(("http://", "https://")):
-        raise params.error(
-            "targetHost", f"expected an http:// or https:// URL, got {target!r}"
-        )
+    target = params.url("targetHost")
     concurrency = params.integer("maxConcurrency", DEFAULT_HTTP_CONCURRENCY, minimum=1)
     if concurrency > MAX_HTTP_CONCURRENCY:
         raise params.error(
@@ -214,9 +210,9 @@ def read_db_settings(params: Section) -> DbSinkSettings:
     database = params.text("database")
     if not database:
         raise params.error("database", "expected the path of a SQLite file")
-    port = params.integer("listen_port", 0, minimum=0)
+    port = params.port("listen_port", 0)
     host = params.text("listen_host", DEFAULT_DB_LISTEN_HOST)
-    listen = params.text("listen", "") or None
+    listen = params.endpoint("listen") or None
     if listen is None and port:
         listen = f"tcp:{port}:interface={_escape_endpoint(host)}"
     static_dir = params.text("static_dir", "")
@@ -252,9 +248,7 @@ def read_notification_settings(params: Section) -> NotificationSinkSettings:
     """
     webhooks = []
     for name, hook in params.named_sections("webhooks"):
-        url = hook.text("url")
-        if not url.startswith(("http://", "https://")):
-            raise hook.error("url", f"expected an http:// or https:// URL, got {url!r}")
+        url = hook.url("url", "put credentials in an Authorization header")
         method = hook.text("method", "POST").upper() or "POST"
         if method not in WEBHOOK_METHODS:
             raise hook.error(
