@@ -201,10 +201,15 @@ class SourcePipeline:
         if not by_sink:
             return 0
         # Nothing ran since the check above, so no append below can refuse.
-        await gatherResults(
-            [self._buffers[sink].append(texts) for sink, texts in by_sink.items()],
-            consumeErrors=True,
-        )
+        if len(by_sink) == 1:
+            # The usual case, without the cost of a DeferredList.
+            [(sink, texts)] = by_sink.items()
+            await self._buffers[sink].append(texts)
+        else:
+            await gatherResults(
+                [self._buffers[sink].append(texts) for sink, texts in by_sink.items()],
+                consumeErrors=True,
+            )
         stored = 0
         for sink, texts in by_sink.items():
             self._sink_stats[sink].stored(len(texts), texts[-1])
