@@ -40,6 +40,7 @@ def sink_config(
     max_payload_bytes: int = 5 * 1024 * 1024,
     timeout_seconds: float = 5.0,
     buckets: Sequence[str] = ("events", "audit"),
+    linger_seconds: float = 0.0,
 ) -> ProxySinkConfig:
     """Make the configuration of a sink called C{relay} with this batching."""
     return ProxySinkConfig(
@@ -56,6 +57,7 @@ def sink_config(
             goal_bytes=goal_bytes,
             max_payload_bytes=max_payload_bytes,
             timeout_seconds=timeout_seconds,
+            linger_seconds=linger_seconds,
         ),
     )
 
@@ -289,6 +291,63 @@ class BatchingTests(ForwarderTestCase):
 
         self.assertEqual(self.relay.sent(), [["a"]])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_linger_gathers_a_trickle(self) -> None:
+        """
+        With C{batchLingerMs}, a batch that is not full waits that long after
+        its oldest event for company, then leaves with what came.
+        """
+        self.start(sink_config(max_events=10, linger_seconds=0.02))
+
+        self.buffer.add("a")
+        self.clock.advance(0.01)
+        self.buffer.add("b")
+        self.assertEqual(self.relay.sent(), [])
+        self.assertAlmostEqual(self.next_delay(), 0.01)
+
+        self.clock.advance(0.01)
+
+        self.assertEqual(self.relay.sent(), [["a", "b"]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_full_batch_does_not_linger(self) -> None:
+        """A batch that reaches C{batchMaxEvents} leaves without lingering."""
+        self.start(sink_config(max_events=3, linger_seconds=0.02))
+
+        self.buffer.add("a", "b")
+        self.assertEqual(self.relay.sent(), [])
+        self.buffer.add("c")
+
+        self.assertEqual(self.relay.sent(), [["a", "b", "c"]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_linger_counts_from_the_oldest_event(self) -> None:
+        """
+        Events that waited through a send have lingered already: once the
+        send is answered they leave at once.
+        """
+        answer: Deferred[RelayResponse] = Deferred()
+        self.relay.answers = [answer]
+        self.start(sink_config(max_events=10, linger_seconds=0.02))
+        self.buffer.add("a")
+        self.clock.advance(0.02)
+        self.assertEqual(self.relay.sent(), [["a"]])
+        self.buffer.add("b")
+        self.clock.advance(0.05)
+
+        answer.callback(RelayResponse(200))
+
+        self.assertEqual(self.relay.sent(), [["a"], ["b"]])
+
+    def test_linger_bounded_by_timeout(self) -> None:
+        """C{batchTimeoutSecs} stays the longest an event waits."""
+        self.start(sink_config(max_events=10, linger_seconds=0.5, timeout_seconds=0.1))
+        self.buffer.add("a")
+        self.assertAlmostEqual(self.next_delay(), 0.1)
+
+        self.clock.advance(0.1)
+
+        self.assertEqual(self.relay.sent(), [["a"]])
 
     def test_events_gather_while_a_batch_is_in_flight(self) -> None:
         """

@@ -151,6 +151,19 @@ class GoEraConfigTests(ProxyConfigTestCase):
         self.assertEqual(sink.batching.goal_bytes, 100000)
         self.assertEqual(sink.batching.max_payload_bytes, 200000)
         self.assertEqual(sink.batching.timeout_seconds, 2.0)
+        # A Go-era file has no batchLingerMs: the default applies.
+        self.assertEqual(sink.batching.linger, 0.02)
+
+    def test_batch_linger(self) -> None:
+        """C{batchLingerMs} sets the linger; C{batchTimeoutSecs} bounds it."""
+        for given, timeout, linger in [(5, 5, 0.005), (0, 5, 0.0), (500, 0.1, 0.1)]:
+            document = minimal_config()
+            document["sinks"][0]["config"] = {
+                "batchLingerMs": given,
+                "batchTimeoutSecs": timeout,
+            }
+            batching = self.load(document).sinks["relay"].batching
+            self.assertAlmostEqual(batching.linger, linger)
 
     def test_source_keys(self) -> None:
         """
@@ -264,6 +277,7 @@ class ProxyConfigDefaultsTests(ProxyConfigTestCase):
         self.assertEqual(batching.goal_bytes, DEFAULT_BATCH_GOAL_BYTES)
         self.assertEqual(batching.max_payload_bytes, DEFAULT_MAX_PAYLOAD_BYTES)
         self.assertEqual(batching.timeout_seconds, DEFAULT_BATCH_TIMEOUT_SECONDS)
+        self.assertEqual(batching.linger, 0.02)
         self.assertEqual(
             (
                 DEFAULT_BATCH_MAX_EVENTS,

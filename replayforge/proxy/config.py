@@ -34,6 +34,10 @@ DEFAULT_BATCH_GOAL_BYTES = int(4.25 * 1024 * 1024)
 DEFAULT_MAX_PAYLOAD_BYTES = 5 * 1024 * 1024
 DEFAULT_BATCH_TIMEOUT_SECONDS = 5.0
 DEFAULT_BUFFER_MAX_SIZE_KB = 100 * 1024
+# Ours: how long a batch that is not full waits for company after its
+# oldest event arrived, so that a busy link sends tens of requests a second
+# rather than one per event, and no event waits long.
+DEFAULT_BATCH_LINGER_MS = 20.0
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_HOOK_INTERVAL_SECONDS = 1.0
 SOURCE_TYPES = ("http", "logfile", "repeatfile", "system-stats", "pgcall")
@@ -47,6 +51,12 @@ class Batching:
     goal_bytes: int
     max_payload_bytes: int
     timeout_seconds: float
+    linger_seconds: float = 0.0
+
+    @property
+    def linger(self) -> float:
+        """How long the oldest event may wait for a fuller batch."""
+        return min(self.linger_seconds, self.timeout_seconds)
 
 
 @attrs.frozen
@@ -120,6 +130,10 @@ def _parse_sink(section: Section, socks5: Socks5Server | None) -> ProxySinkConfi
         timeout_seconds=batching_section.number(
             "batchTimeoutSecs", DEFAULT_BATCH_TIMEOUT_SECONDS, minimum=0
         ),
+        linger_seconds=batching_section.number(
+            "batchLingerMs", DEFAULT_BATCH_LINGER_MS, minimum=0
+        )
+        / 1000,
     )
     batching_section.finish()
     config = ProxySinkConfig(

@@ -2,12 +2,13 @@
 Move a sink's buffered events to the relay, in order, deleting only what the
 relay has stored.
 
-One batch is in flight at a time, and the next leaves as soon as it is
-settled: events that arrive while a batch is in flight wait for it and go
-together, up to C{batchMaxEvents} events or C{batchGoalBytes} bytes, so
-batches grow with the load by themselves, and an event on an idle link
-leaves at once.  C{batchTimeoutSecs} keeps its meaning, the longest an event
-waits for a fuller batch: none waits longer than the send before it.  A
+One batch is in flight at a time, and the next leaves once it is settled
+and the batch is worth sending: full (C{batchMaxEvents} events or
+C{batchGoalBytes} bytes), or its oldest event has waited C{batchLingerMs}
+(ours, 20 ms by default; never more than C{batchTimeoutSecs}, the Go-era
+bound).  Events that arrive while a batch is in flight go together in the
+next, so batches grow with the load by themselves; the linger keeps a
+steady trickle from costing one request per event.  A
 batch never exceeds C{maxPayloadBytes}; an event larger than that alone is
 dropped and counted.  Sources already keep such events out of the buffer
 (L{replayforge.proxy.pipeline}); this check stays as the last line, for
@@ -33,7 +34,7 @@ from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -249,11 +250,12 @@ class Forwarder:
 
     async def _next_batch(self) -> OutgoingBatch | None:
         """
-        Wait until events are pending, then return the oldest as a batch.
+        Wait until a batch is worth sending, then return it.
 
-        The forwarder is free only when no batch is in flight, so whatever
-        gathered during the last send goes now: the batch is as full as the
-        relay's pace made it, and an event on an idle link leaves at once.
+        The forwarder is free only when no batch is in flight, so what
+        gathered during the last send goes at once if it is full or its
+        oldest event has lingered long enough; otherwise it waits for the
+        rest of the linger, or until the buffer holds a full batch.
         """
         batching = self.config.batching
         while not self._stopping:
@@ -268,8 +270,25 @@ class Forwarder:
             events, encoded = await self._drop_oversized(events, encoded)
             if not events:
                 continue
+            read = len(events)
             events, encoded = _fit_payload(events, encoded, batching.max_payload_bytes)
             events, encoded = _up_to_goal(events, encoded, batching.goal_bytes)
+            age = self._clock.seconds() - events[0].created_at
+            full = (
+                len(events) < read
+                or read >= batching.max_events
+                or sum(len(item) for item in encoded) >= batching.goal_bytes
+            )
+            if not full and age < batching.linger:
+                # Not full, and young: give the batch a moment for company.
+                fuller = self._buffer.when_pending(
+                    batching.max_events, batching.goal_bytes
+                )
+                if not await self._sleep(
+                    _first_of(fuller, batching.linger - age, self._clock)
+                ):
+                    return None
+                continue
             if self._rate is not None:
                 allowed = self._rate.allowance()
                 if allowed < 1:
@@ -486,6 +505,21 @@ def _up_to_goal(
         if size >= goal:
             return events[: index + 1], encoded[: index + 1]
     return events, encoded
+
+
+def _first_of(
+    waiter: Deferred[None], seconds: float, clock: IReactorTime
+) -> Deferred[None]:
+    """Fire when C{waiter} does or after C{seconds}; cancel the loser."""
+    timer: IDelayedCall = clock.callLater(max(seconds, 0.0), waiter.cancel)
+
+    def settle(result: Failure | None) -> None:
+        if timer.active():
+            timer.cancel()
+        if isinstance(result, Failure):
+            result.trap(CancelledError)
+
+    return waiter.addBoth(settle)
 
 
 def _fit_payload(
