@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+from replayforge.gojson import GO_ZERO_TIME as GO_ZERO_TIME  # re-exported for the pages
 
 
 def rfc3339(seconds: float | None) -> str:
@@ -99,6 +99,36 @@ class MessageCounts:
             "lastMessageDate": rfc3339(self.last_at),
             "lastMessage": self.last_message,
         }
+
+
+@attrs.define
+class StatsRecord(DropCounts):
+    """Counts of one source or sink: drops, and messages by minute."""
+
+    messages: MessageCounts = attrs.field(factory=MessageCounts, kw_only=True)
+
+    def next_minute(self) -> None:
+        """Start a new minute of per-minute counts."""
+        self.messages.next_minute()
+
+    def dropped_json(self) -> dict[str, int]:
+        """Render the drops by reason, sorted, for C{/statusz}."""
+        return dict(sorted(self.dropped.items()))
+
+
+@attrs.define
+class SourceCounts(StatsRecord):
+    """
+    Counts of one source: events received (the messages) and emitted.
+    """
+
+    received: int = attrs.field(default=0, kw_only=True)
+    emitted: int = attrs.field(default=0, kw_only=True)
+
+    def saw(self, content: str, now: float) -> None:
+        """Count one event received at C{now}."""
+        self.received += 1
+        self.messages.count(1, now, content)
 
 
 def total_drops(records: Iterable[DropCounts]) -> dict[str, int]:

@@ -19,8 +19,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
-from twisted.python.failure import Failure
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from replayforge.lua import LuaScript
@@ -29,6 +28,7 @@ from replayforge.proxy.config import ProxySourceConfig
 from replayforge.proxy.http_source import RETRY_AFTER_SECONDS, CaptureResource
 from replayforge.proxy.pipeline import SourcePipeline
 from replayforge.proxy.stats import SinkStats, SourceStats
+from tests.stub_support import settle
 
 MIB = 1024 * 1024
 
@@ -391,23 +391,9 @@ class PipelineCaptureTests(TestCase):
         connection run until the answer is complete.
         """
         response = self.client.post(f"http://proxy.test{path}", data=body)
-        answer = await self.settle(response)
-        content = await self.settle(answer.content())
+        answer = await settle(self.client, response)
+        content = await settle(self.client, answer.content())
         return answer.code, content
-
-    async def settle(self, result: Deferred[Any]) -> Any:
-        """Wait, at most a few seconds, for C{result}, flushing the stub."""
-        outcome: list[Any] = []
-        result.addBoth(outcome.append)
-        for _ in range(500):
-            self.client.flush()
-            if outcome:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
-        self.assertEqual(len(outcome), 1, "no answer within 5 seconds")
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        return outcome[0]
 
     async def stored(self, buffer: SinkBuffer) -> list[str]:
         """The contents committed to C{buffer}, oldest first."""
@@ -442,7 +428,7 @@ class PipelineCaptureTests(TestCase):
         buffers["main"].max_bytes = buffers["main"].used_bytes
 
         response = self.client.post("http://proxy.test/hook", data=b"payload")
-        answer = await self.settle(response)
+        answer = await settle(self.client, response)
 
         self.assertEqual(answer.code, 503)
         self.assertEqual(

@@ -14,14 +14,11 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from replayforge.lua import LuaScript
@@ -33,6 +30,7 @@ from replayforge.proxy.payload import encode_event, fits_alone
 from replayforge.proxy.pipeline import SourcePipeline
 from replayforge.proxy.stats import SinkStats, SourceStats
 from replayforge.proxy.tap import ProxyService
+from tests.stub_support import settle
 from tests.test_forwarder import FakeRelay, always, sink_config, wait_until
 
 MIB = 1024 * 1024
@@ -149,24 +147,10 @@ class HTTPSourceTests(PipelineTestCase):
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         """Post C{body} to C{path}; return the answer's code and body."""
-        answer = await self.settle(
-            self.client.post(f"http://proxy.test{path}", data=body)
+        answer = await settle(
+            self.client, self.client.post(f"http://proxy.test{path}", data=body)
         )
-        return answer.code, await self.settle(answer.content())
-
-    async def settle(self, result: Deferred[Any]) -> Any:
-        """Wait, at most a few seconds, for C{result}, flushing the stub."""
-        outcome: list[Any] = []
-        result.addBoth(outcome.append)
-        for _ in range(500):
-            self.client.flush()
-            if outcome:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
-        self.assertEqual(len(outcome), 1, "no answer within 5 seconds")
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        return outcome[0]
+        return answer.code, await settle(self.client, answer.content())
 
     async def test_oversized_event_refused(self) -> None:
         """

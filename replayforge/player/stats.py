@@ -15,13 +15,13 @@ from typing import Any
 
 import attrs
 
-from replayforge.status import DropCounts, MessageCounts, rfc3339
+from replayforge.status import SourceCounts, StatsRecord, rfc3339
 
 BatchObserver = Callable[[int, float], None]
 
 
 @attrs.define
-class SourceStats(DropCounts):
+class SourceStats(SourceCounts):
     """
     Counts of one pulled bucket.
 
@@ -37,23 +37,11 @@ class SourceStats(DropCounts):
     @ivar paused: pulls put off because a sink's queue was full.
     """
 
-    received: int = 0
-    messages: MessageCounts = attrs.field(factory=MessageCounts)
-    emitted: int = 0
     acknowledged: int = 0
     redelivered: int = 0
     pull_errors: int = 0
     paused: int = 0
     last_pull: float | None = None
-
-    def saw(self, content: str, now: float) -> None:
-        """Count one new record fetched at C{now}."""
-        self.received += 1
-        self.messages.count(1, now, content)
-
-    def next_minute(self) -> None:
-        """Start a new minute of per-minute counts."""
-        self.messages.next_minute()
 
     def as_json(self) -> dict[str, Any]:
         """Render for C{/statusz}."""
@@ -67,12 +55,12 @@ class SourceStats(DropCounts):
             "paused": self.paused,
             "lastPull": self.last_pull,
             "lastPullDate": rfc3339(self.last_pull),
-            "dropped": dict(sorted(self.dropped.items())),
+            "dropped": self.dropped_json(),
         }
 
 
 @attrs.define
-class SinkStats(DropCounts):
+class SinkStats(StatsRecord):
     """
     Counts of one sink.
 
@@ -89,7 +77,6 @@ class SinkStats(DropCounts):
     """
 
     delivered: int = 0
-    messages: MessageCounts = attrs.field(factory=MessageCounts)
     batches: int = 0
     retries: int = 0
     failures: int = 0
@@ -107,10 +94,6 @@ class SinkStats(DropCounts):
         if self.observe_batch is not None:
             self.observe_batch(count, seconds)
 
-    def next_minute(self) -> None:
-        """Start a new minute of per-minute counts."""
-        self.messages.next_minute()
-
     def as_json(self) -> dict[str, Any]:
         """Render for C{/statusz}."""
         return {
@@ -120,5 +103,5 @@ class SinkStats(DropCounts):
             "retries": self.retries,
             "failures": self.failures,
             "expired": self.expired,
-            "dropped": dict(sorted(self.dropped.items())),
+            "dropped": self.dropped_json(),
         }

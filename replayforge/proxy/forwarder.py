@@ -44,7 +44,12 @@ from replayforge.logthrottle import ThrottledLog
 from replayforge.lua import ScriptFailure, TransformedBatch
 from replayforge.proxy.buffer import BufferedEvent, SinkBuffer
 from replayforge.proxy.config import ProxySinkConfig
-from replayforge.proxy.payload import encode_event
+from replayforge.proxy.payload import (
+    encode_event,
+    fit_payload,
+    largest_encoded_event,
+    up_to_goal,
+)
 from replayforge.proxy.stats import SinkStats
 
 log = Logger()
@@ -271,8 +276,8 @@ class Forwarder:
             if not events:
                 continue
             read = len(events)
-            events, encoded = _fit_payload(events, encoded, batching.max_payload_bytes)
-            events, encoded = _up_to_goal(events, encoded, batching.goal_bytes)
+            events, encoded = fit_payload(events, encoded, batching.max_payload_bytes)
+            events, encoded = up_to_goal(events, encoded, batching.goal_bytes)
             age = self._clock.seconds() - events[0].created_at
             full = (
                 len(events) < read
@@ -305,7 +310,11 @@ class Forwarder:
     async def _drop_oversized(
         self, events: list[BufferedEvent], encoded: list[bytes]
     ) -> tuple[list[BufferedEvent], list[bytes]]:
-        limit = self.config.batching.max_payload_bytes - 2
+        """
+        Delete and count the events too large to leave even alone; return
+        the others with their encodings.
+        """
+        limit = largest_encoded_event(self.config.batching.max_payload_bytes)
         oversized = [
             event
             for event, item in zip(events, encoded, strict=True)
@@ -320,7 +329,7 @@ class Forwarder:
             "({limit} bytes)",
             sink=self.config.id,
             count=len(oversized),
-            limit=limit + 2,
+            limit=self.config.batching.max_payload_bytes,
         )
         kept = [
             (event, item)
@@ -495,18 +504,6 @@ def _pass() -> None:
     """Nothing: what a plain timed wait calls."""
 
 
-def _up_to_goal(
-    events: list[BufferedEvent], encoded: list[bytes], goal: int
-) -> tuple[list[BufferedEvent], list[bytes]]:
-    """Keep the oldest events up to the first that brings the batch to C{goal}."""
-    size = 0
-    for index, item in enumerate(encoded):
-        size += len(item)
-        if size >= goal:
-            return events[: index + 1], encoded[: index + 1]
-    return events, encoded
-
-
 def _first_of(
     waiter: Deferred[None], seconds: float, clock: IReactorTime
 ) -> Deferred[None]:
@@ -520,15 +517,3 @@ def _first_of(
             result.trap(CancelledError)
 
     return waiter.addBoth(settle)
-
-
-def _fit_payload(
-    events: list[BufferedEvent], encoded: list[bytes], limit: int
-) -> tuple[list[BufferedEvent], list[bytes]]:
-    """Keep the longest run of oldest events whose JSON array fits C{limit}."""
-    size = 2
-    for index, item in enumerate(encoded):
-        size += len(item) + (1 if index else 0)
-        if size > limit and index > 0:
-            return events[:index], encoded[:index]
-    return events, encoded

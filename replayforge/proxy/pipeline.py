@@ -188,16 +188,15 @@ class SourcePipeline:
             for sink, texts in by_sink.items()
             if self._buffers[sink].would_overflow(texts)
         ]
-        if full:
-            if refusal_is_loss:
-                count = sum(len(texts) for texts in by_sink.values())
-                self._stats.drop("buffer_full", count)
-                for sink in full:
-                    self._sink_stats[sink].drop("buffer_full", len(by_sink[sink]))
-                self._dropped_oversized(oversized)
+        if full and not refusal_is_loss:
             raise BufferFull(", ".join(full))
-
         self._dropped_oversized(oversized)
+        if full:
+            count = sum(len(texts) for texts in by_sink.values())
+            self._stats.drop("buffer_full", count)
+            for sink in full:
+                self._sink_stats[sink].drop("buffer_full", len(by_sink[sink]))
+            raise BufferFull(", ".join(full))
         if not by_sink:
             return 0
         # Nothing ran since the check above, so no append below can refuse.

@@ -14,36 +14,31 @@ from typing import Any
 
 import attrs
 
-from replayforge.status import DropCounts, MessageCounts, excerpt, go_duration, rfc3339
+from replayforge.status import (
+    SourceCounts,
+    StatsRecord,
+    excerpt,
+    go_duration,
+    rfc3339,
+)
 
 BatchObserver = Callable[[int, float], None]
 
 
 @attrs.define
-class SourceStats(DropCounts):
+class SourceStats(SourceCounts):
     """
     Counts of one source.
 
     @ivar messages: events captured, per minute and since start.
+    @ivar emitted: events stored in a sink's buffer.
     @ivar detail: what the source itself reports (a log file's position,
         its rotations), added to the source's C{/statusz} entry.
     """
 
     type: str = ""
     id: str = ""
-    received: int = 0
-    emitted: int = 0
-    messages: MessageCounts = attrs.field(factory=MessageCounts)
     detail: Callable[[], dict[str, Any]] | None = None
-
-    def saw(self, content: str, now: float) -> None:
-        """Count one event captured at C{now}."""
-        self.received += 1
-        self.messages.count(1, now, content)
-
-    def next_minute(self) -> None:
-        """Start a new minute of per-minute counts."""
-        self.messages.next_minute()
 
     def as_json(self) -> dict[str, Any]:
         """Render for C{/statusz}."""
@@ -53,13 +48,13 @@ class SourceStats(DropCounts):
             **self.messages.as_json(),
             "received": self.received,
             "emitted": self.emitted,
-            "dropped": dict(sorted(self.dropped.items())),
+            "dropped": self.dropped_json(),
             **(self.detail() if self.detail is not None else {}),
         }
 
 
 @attrs.define
-class SinkStats(DropCounts):
+class SinkStats(StatsRecord):
     """
     Counts of one sink and its forwarder.
 
@@ -76,7 +71,6 @@ class SinkStats(DropCounts):
     buffered: int = 0
     last_buffered: str = ""
     forwarded_events: int = 0
-    messages: MessageCounts = attrs.field(factory=MessageCounts)
     batches: int = 0
     retries: int = 0
     script_errors: int = 0
@@ -100,10 +94,6 @@ class SinkStats(DropCounts):
         if self.observe_batch is not None:
             self.observe_batch(count, seconds)
 
-    def next_minute(self) -> None:
-        """Start a new minute of per-minute counts."""
-        self.messages.next_minute()
-
     def as_json(self, pending: int, buffer_bytes: int, cap: int) -> dict[str, Any]:
         """Render for C{/statusz}."""
         messages = self.messages.as_json()
@@ -126,7 +116,7 @@ class SinkStats(DropCounts):
             "lastForwardDate": rfc3339(self.messages.last_at),
             "bufferBytes": buffer_bytes,
             "bufferMaxBytes": cap,
-            "dropped": dict(sorted(self.dropped.items())),
+            "dropped": self.dropped_json(),
         }
 
 
