@@ -23,13 +23,12 @@ baseline and ours so that both see the same machine.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
 from benchmarks import loadgen
 from benchmarks.daemons import BareServer, Cluster
-from benchmarks.measures import RATIO_AT_LEAST, Measure, load_average, report
+from benchmarks.measures import RATIO_AT_LEAST, Measure, run_suite
 
 CONNECTIONS = 32
 BODY = '{"user": 42, "action": "click", "page": "/checkout", "ms": 187}'
@@ -84,12 +83,7 @@ def measure(quick: bool = False) -> list[Measure]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print the figures."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest")
-    parser.add_argument("--quick", action="store_true", help="a smoke run")
-    options = parser.parse_args(argv)
-    print(f"load average {load_average()}")
-    print("\n".join(report(measure(options.quick))))
-    return 0
+    return run_suite("python -m benchmarks.ingest", measure, argv)
 
 
 if __name__ == "__main__":

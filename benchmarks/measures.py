@@ -9,9 +9,10 @@ stay under it, and the ingest target is a fraction of its baseline.
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -88,6 +89,23 @@ def report(measures: Sequence[Measure]) -> list[str]:
             f"{measure.target_text():>11} {verdict}".rstrip()
         )
     return lines
+
+
+def run_suite(
+    prog: str,
+    measure: Callable[[bool], Sequence[Measure]],
+    argv: Sequence[str] | None,
+) -> int:
+    """
+    Parse C{--quick}, measure and print the load average and the table: the
+    command line of a pipeline suite run on its own.
+    """
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    options = parser.parse_args(argv)
+    print(f"load average {load_average()}")
+    print("\n".join(report(measure(options.quick))))
+    return 0
 
 
 def load_average() -> str:

@@ -34,7 +34,6 @@ file removed at the end, even after a failure.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sqlite3
 import sys
@@ -51,11 +50,10 @@ from benchmarks.measures import (
     Deadline,
     Measure,
     cpu_seconds,
-    load_average,
     peak_rss_mb,
     percentile,
-    report,
     rss_mb,
+    run_suite,
 )
 from replayforge.proxy.logline import wrap_line
 
@@ -399,12 +397,7 @@ def measure(quick: bool = False) -> list[Measure]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print the figures."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline")
-    parser.add_argument("--quick", action="store_true", help="a smoke run")
-    options = parser.parse_args(argv)
-    print(f"load average {load_average()}")
-    print("\n".join(report(measure(options.quick))))
-    return 0
+    return run_suite("python -m benchmarks.pipeline", measure, argv)
 
 
 if __name__ == "__main__":

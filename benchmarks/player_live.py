@@ -2,16 +2,14 @@
 The player measures that need a running reactor (see L{benchmarks.player}).
 
 L{measure_live} runs the reactor once, so it belongs in a process of its
-own.  C{python -m benchmarks.player_live --target} is the HTTP target of
-the replay measures: it answers every request with 200 and prints its port.
+own.  The HTTP target of the replay measures is the ingest baseline's
+L{benchmarks.daemons.BareServer}, which answers every request with 200.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from io import BytesIO
@@ -23,6 +21,7 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
+from benchmarks.daemons import BareServer
 from benchmarks.player import call_objects
 from replayforge.player.config import PlayerSinkConfig
 from replayforge.player.queue import PlayerQueue
@@ -35,6 +34,7 @@ from replayforge.player.worker import SinkWorker
 REPLAY_PATH = b"/replay/orders?shop=s1&page=2"
 REPLAY_BODY = json.dumps({"order": 17, "items": [1, 2, 3], "note": "x" * 200})
 DRAIN_POLL_SECONDS = 0.005
+TARGET_LIFETIME = 3600.0  # seconds; the target stops itself after that at the latest
 
 
 def _sink_config(name: str, settings: Any, kind: str) -> PlayerSinkConfig:
@@ -67,22 +67,16 @@ async def _measure(
     reactor: Any, rows: int, requests: int, concurrencies: list[int]
 ) -> dict[str, Any]:
     queue_rate = await _queue_to_db(reactor, rows)
-    target = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.player_live", "--target"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    target = BareServer(TARGET_LIFETIME)
+    port = target.port
     try:
-        assert target.stdout is not None
-        port = int(target.stdout.readline())
         http: dict[str, tuple[float, float]] = {}
         for concurrency in concurrencies:
             ours = await _sink_replay(reactor, port, requests, concurrency)
             agent = await _agent_replay(reactor, port, requests, concurrency)
             http[str(concurrency)] = (ours, agent)
     finally:
-        target.kill()
-        target.wait(10)
+        target.close()
     return {"queue_rows_per_second": queue_rate, "http": http}
 
 
@@ -172,27 +166,3 @@ async def _agent_replay(
     finally:
         await pool.closeCachedConnections()
     return share * concurrency / elapsed
-
-
-def serve_target() -> None:
-    """Answer every request with 200 on a free loopback port; print it."""
-    from twisted.internet import reactor
-    from twisted.web.resource import Resource
-    from twisted.web.server import Site
-
-    class Answer(Resource):
-        isLeaf = True
-
-        def render(self, request: Any) -> bytes:
-            request.content.read()
-            return b"ok"
-
-    site = Site(Answer())
-    site.log = lambda request: None  # type: ignore[method-assign]
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
-    print(port.getHost().port, flush=True)
-    reactor.run()  # type: ignore[attr-defined]
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["--target"]:
-    serve_target()

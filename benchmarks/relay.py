@@ -21,7 +21,6 @@ Targets: at least 100,000 events/s in and 50,000 out.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import sqlite3
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from benchmarks import loadgen
 from benchmarks.daemons import BUCKET, TOKEN, Cluster
-from benchmarks.measures import AT_LEAST, Measure, load_average, report
+from benchmarks.measures import AT_LEAST, Measure, run_suite
 
 BATCH = 1_000
 EVENTS_FULL = 300_000
@@ -173,12 +172,7 @@ def measure(quick: bool = False) -> list[Measure]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print the figures."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.relay")
-    parser.add_argument("--quick", action="store_true", help="a smoke run")
-    options = parser.parse_args(argv)
-    print(f"load average {load_average()}")
-    print("\n".join(report(measure(options.quick))))
-    return 0
+    return run_suite("python -m benchmarks.relay", measure, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from replayforge.config import ConfigError
 from replayforge.lua import ScriptError
-from replayforge.player.config import PlayerConfig, load_player_config
+from replayforge.player.config import (
+    PlayerConfig,
+    PlayerSourceConfig,
+    load_player_config,
+)
 from replayforge.player.processing import FanOut, has_timer, load_processor
 from replayforge.player.sinks.settings import DbSinkSettings, HttpSinkSettings
 
@@ -295,6 +299,24 @@ class ProcessorTests(SynchronousTestCase):
         path.write_text(text)
         return path
 
+    def script_source(self, name: str, text: str) -> tuple[PlayerSourceConfig, str]:
+        """
+        Write script C{name} and a config whose one source runs it; return
+        that source and the config's path.
+        """
+        config_path = self.write("player.json", "")
+        script = config_path.parent / name
+        script.write_text(text)
+        document = minimal()
+        document["sources"][0] = {
+            "name": "bucket1",
+            "relayAuthenticationBearer": "t",
+            "transformScript": str(script),
+        }
+        config_path.write_text(json.dumps(document))
+        [source] = load_player_config(config_path).sources
+        return source, str(config_path)
+
     def test_script_relative_to_working_directory(self) -> None:
         """
         A relative C{transformScript} is taken from the working directory,
@@ -312,35 +334,19 @@ class ProcessorTests(SynchronousTestCase):
 
     def test_script_loaded(self) -> None:
         """A script's C{Process} routes events; it has no timer unless defined."""
-        config_path = self.write("player.json", "")
-        (config_path.parent / "route.lua").write_text(
-            "function Process(content, emit) emit('web', content) end\n"
+        source, config_path = self.script_source(
+            "route.lua", "function Process(content, emit) emit('web', content) end\n"
         )
-        document = minimal()
-        document["sources"][0] = {
-            "name": "bucket1",
-            "relayAuthenticationBearer": "t",
-            "transformScript": str(config_path.parent / "route.lua"),
-        }
-        config_path.write_text(json.dumps(document))
-        [source] = load_player_config(config_path).sources
-        processor = load_processor(source, str(config_path))
+        processor = load_processor(source, config_path)
         self.assertEqual(processor.process("x"), [("web", "x")])
         self.assertFalse(has_timer(processor))
 
     def test_script_with_timer_only(self) -> None:
         """A script that defines only C{TimerHandler} is accepted."""
-        config_path = self.write("player.json", "")
-        (config_path.parent / "timer.lua").write_text("function TimerHandler() end\n")
-        document = minimal()
-        document["sources"][0] = {
-            "name": "bucket1",
-            "relayAuthenticationBearer": "t",
-            "transformScript": str(config_path.parent / "timer.lua"),
-        }
-        config_path.write_text(json.dumps(document))
-        [source] = load_player_config(config_path).sources
-        processor = load_processor(source, str(config_path))
+        source, config_path = self.script_source(
+            "timer.lua", "function TimerHandler() end\n"
+        )
+        processor = load_processor(source, config_path)
         self.assertTrue(has_timer(processor))
 
     def test_script_without_entry_point(self) -> None:
@@ -348,33 +354,15 @@ class ProcessorTests(SynchronousTestCase):
         A script that defines neither C{Process} nor C{TimerHandler} is a
         configuration error.
         """
-        config_path = self.write("player.json", "")
-        (config_path.parent / "empty.lua").write_text("function init() end\n")
-        document = minimal()
-        document["sources"][0] = {
-            "name": "bucket1",
-            "relayAuthenticationBearer": "t",
-            "transformScript": str(config_path.parent / "empty.lua"),
-        }
-        config_path.write_text(json.dumps(document))
-        [source] = load_player_config(config_path).sources
+        source, config_path = self.script_source("empty.lua", "function init() end\n")
         with self.assertRaises(ConfigError) as caught:
-            load_processor(source, str(config_path))
+            load_processor(source, config_path)
         self.assertEqual(caught.exception.key_path, "sources[0].transformScript")
 
     def test_script_syntax_error(self) -> None:
         """A script that does not load is a start-up error."""
-        config_path = self.write("player.json", "")
-        (config_path.parent / "bad.lua").write_text("function Process(\n")
-        document = minimal()
-        document["sources"][0] = {
-            "name": "bucket1",
-            "relayAuthenticationBearer": "t",
-            "transformScript": str(config_path.parent / "bad.lua"),
-        }
-        config_path.write_text(json.dumps(document))
-        [source] = load_player_config(config_path).sources
-        self.assertRaises(ScriptError, load_processor, source, str(config_path))
+        source, config_path = self.script_source("bad.lua", "function Process(\n")
+        self.assertRaises(ScriptError, load_processor, source, config_path)
 
     def test_fan_out(self) -> None:
         """Without a script, each record goes unchanged to every listed sink."""

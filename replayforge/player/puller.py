@@ -20,8 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import attrs
-from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -31,6 +30,7 @@ from replayforge.backoff import Backoff
 from replayforge.logthrottle import ThrottledLog
 from replayforge.lua import Emitted, ScriptFailure
 from replayforge.player.config import PlayerConfig, PlayerSourceConfig
+from replayforge.player.loop import StoppableLoop
 from replayforge.player.processing import EventProcessor, FanOut
 from replayforge.player.queue import PlayerQueue, record_digest
 from replayforge.player.relay_client import (
@@ -61,7 +61,7 @@ class ProcessedBatch:
     events: list[tuple[str, str]] = attrs.field(factory=list)
 
 
-class BucketPuller:
+class BucketPuller(StoppableLoop):
     """
     The pull loop of one source.
 
@@ -79,6 +79,7 @@ class BucketPuller:
         clock: IReactorTime,
         backoff: Backoff | None = None,
     ) -> None:
+        super().__init__()
         self.source = source
         self._relay = BucketClient(config, source, client, clock)
         self._processor = processor
@@ -94,32 +95,13 @@ class BucketPuller:
         self._targets: set[str] = (
             set(processor.sink_names) if isinstance(processor, FanOut) else set()
         )
-        self._running = False
-        self._loop: Deferred[None] | None = None
 
     @property
     def bucket(self) -> str:
         """The relay bucket this loop pulls."""
         return self.source.name
 
-    def start(self) -> None:
-        """Start pulling."""
-        self._running = True
-        self._loop = Deferred.fromCoroutine(self._run())
-        self._loop.addErrback(self._loop_ended)
-
-    def stop(self) -> Deferred[None]:
-        """Stop pulling: cancel the request, commit or wait in progress."""
-        self._running = False
-        loop, self._loop = self._loop, None
-        if loop is None:
-            return defer.succeed(None)
-        loop.cancel()
-        return loop
-
-    def _loop_ended(self, failure: Failure) -> None:
-        if failure.check(CancelledError) and not self._running:
-            return
+    def _log_ended(self, failure: Failure) -> None:
         log.failure("bucket {bucket}: pull loop ended", failure, bucket=self.bucket)
 
     async def _run(self) -> None:

@@ -70,19 +70,15 @@ class BucketClient:
         clock: IReactorTime,
     ) -> None:
         self._config = config
-        self._source = source
         self._client = client
         self._clock = clock
-
-    def _headers(self) -> dict[str, str]:
-        headers = {
-            "RF-BUCKET": self._source.name,
-            "Authorization": f"Bearer {self._source.bearer}",
-            "RF-HOSTNAME": self._config.host_name,
+        self._headers = {
+            "RF-BUCKET": source.name,
+            "Authorization": f"Bearer {source.bearer}",
+            "RF-HOSTNAME": config.host_name,
         }
-        if self._config.env_name:
-            headers["RF-ENV-NAME"] = self._config.env_name
-        return headers
+        if config.env_name:
+            self._headers["RF-ENV-NAME"] = config.env_name
 
     async def first_batch(self) -> PulledBatch:
         """
@@ -96,7 +92,7 @@ class BucketClient:
             "GET",
             f"first-batch?limit={self._config.poll_limit}&wait={wait:g}",
             wait + REQUEST_TIMEOUT_SECONDS,
-            headers=self._headers(),
+            headers=self._headers,
         )
         if code == 404:
             return PulledBatch([])
@@ -115,7 +111,7 @@ class BucketClient:
             "DELETE",
             "acknowledge-batch",
             REQUEST_TIMEOUT_SECONDS,
-            headers={**self._headers(), "Content-Type": "application/json"},
+            headers={**self._headers, "Content-Type": "application/json"},
             data=payload.encode("utf-8"),
         )
         if code == 404:

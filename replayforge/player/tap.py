@@ -263,23 +263,24 @@ class PlayerService(MultiService):
         )
         listener.setServiceParent(self)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
-    def _exposed_on_tailnet(self) -> bool:
-        config = self.config
+    def _on_tailnet(self, wanted: bool, description: str | None) -> bool:
+        """
+        Whether a listener asked onto the tailnet (C{wanted}) goes there: only
+        with a tsnet section and an address the tailnet can take.
+        """
         return bool(
-            config.use_tsnet
-            and config.listen_using_tailscale
-            and config.listen
-            and not tailnet_listen_problem(config.listen)
+            self.config.use_tsnet
+            and wanted
+            and description
+            and not tailnet_listen_problem(description)
         )
+
+    def _exposed_on_tailnet(self) -> bool:
+        return self._on_tailnet(self.config.listen_using_tailscale, self.config.listen)
 
     def _status_on_tailnet(self) -> bool:
         config = self.config
-        return bool(
-            config.use_tsnet
-            and config.status_using_tailscale
-            and config.listen_status
-            and not tailnet_listen_problem(config.listen_status)
-        )
+        return self._on_tailnet(config.status_using_tailscale, config.listen_status)
 
     def _tailscale_lines(self) -> list[str]:
         """Say what the player does with its Tailscale keys."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from replayforge.backoff import Backoff
 from replayforge.logthrottle import ThrottledLog
+from replayforge.player.loop import StoppableLoop
 from replayforge.player.queue import DeadLetter, PlayerQueue
 from replayforge.player.sinks.base import (
     Delivered,
@@ -40,7 +41,7 @@ log = Logger()
 GAVE_UP = "sink_gave_up"
 
 
-class SinkWorker:
+class SinkWorker(StoppableLoop):
     """The delivery loop of one sink."""
 
     def __init__(
@@ -51,33 +52,15 @@ class SinkWorker:
         backoff: Backoff | None = None,
         failure_backoff: Backoff | None = None,
     ) -> None:
+        super().__init__()
         self.sink = sink
         self._queue = queue
         self._clock = clock
         self._backoff = backoff or sink.retry_policy.backoff()
         self._failure_backoff = failure_backoff or Backoff()
         self._dead_letter_log = ThrottledLog(log, clock)
-        self._running = False
-        self._loop: Deferred[None] | None = None
 
-    def start(self) -> None:
-        """Start draining the queue."""
-        self._running = True
-        self._loop = Deferred.fromCoroutine(self._run())
-        self._loop.addErrback(self._loop_ended)
-
-    def stop(self) -> Deferred[None]:
-        """Stop: cancel the wait or delivery in progress."""
-        self._running = False
-        loop, self._loop = self._loop, None
-        if loop is None:
-            return succeed(None)
-        loop.cancel()
-        return loop
-
-    def _loop_ended(self, failure: Failure) -> None:
-        if failure.check(CancelledError) and not self._running:
-            return
+    def _log_ended(self, failure: Failure) -> None:
         log.failure("sink {sink}: delivery loop ended", failure, sink=self.sink.name)
 
     async def _run(self) -> None:
