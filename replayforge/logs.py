@@ -26,7 +26,6 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import IO, Any
 from urllib.parse import unquote_plus
 
@@ -45,6 +44,7 @@ from twisted.python.reflect import namedAny
 from zope.interface import implementer
 
 from replayforge.logthrottle import DEFAULT_INTERVAL_SECONDS, ThrottlingObserver
+from replayforge.status import rfc3339
 
 LEVELS = {
     "trace": LogLevel.debug,
@@ -314,7 +314,7 @@ def json_line(event: LogEvent) -> str:
     """
     level = event.get("log_level")
     record: dict[str, Any] = {
-        "time": _rfc3339(event.get("log_time")),
+        "time": _event_time(event.get("log_time")),
         "level": getattr(level, "name", "info"),
         "namespace": event.get("log_namespace", ""),
         "message": formatEvent(event),
@@ -330,11 +330,8 @@ def json_line(event: LogEvent) -> str:
     return json.dumps(record, ensure_ascii=False, default=str) + "\n"
 
 
-def _rfc3339(seconds: Any) -> str:
-    if not isinstance(seconds, int | float):
-        return ""
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _event_time(seconds: Any) -> str:
+    return rfc3339(seconds) if isinstance(seconds, int | float) else ""
 
 
 def json_observer(out: IO[Any] | None = None) -> ILogObserver:

@@ -208,14 +208,14 @@ class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False
 
 
-def client_pool(reactor: IReactorTime) -> HTTPConnectionPool:
+def client_pool(reactor: IReactorTime, persistent: bool = True) -> HTTPConnectionPool:
     """
-    Make a persistent connection pool for one client.
+    Make a connection pool for one client, persistent unless told not.
 
     Twisted logs "Starting factory" and "Stopping factory" for every new
     connection otherwise, which drowns a daemon's own log lines.
     """
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
     pool._factory = _QuietClientFactory
     return pool
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.address import HostnameAddress
 from twisted.internet.defer import Deferred
@@ -115,17 +113,16 @@ def reply_length(data: bytes) -> int | None:
 
 
 class _HandshakeFactory(Factory):
-    """Build the one handshake of a connection, without logging it."""
+    """Hand out the one handshake of a connection, without logging it."""
 
     noisy = False
 
-    def __init__(self, build: Callable[[], _Handshake]) -> None:
-        self._build = build
+    def __init__(self, handshake: _Handshake) -> None:
+        self._handshake = handshake
 
     def buildProtocol(self, addr: IAddress | None) -> _Handshake:
-        protocol = self._build()
-        protocol.factory = self
-        return protocol
+        self._handshake.factory = self
+        return self._handshake
 
 
 class _Handshake(Protocol):
@@ -273,34 +270,27 @@ class Socks5ClientEndpoint:
         Connect and hand the connection to a protocol of C{factory};
         fire with that protocol once the server connected us.
         """
-        handshake: list[_Handshake] = []
-        reaching: Deferred[Any] | None = None
 
         def cancel(connected: Deferred[IProtocol]) -> None:
-            if handshake:
-                handshake[0].abort()
-            elif reaching is not None:
+            if handshake.transport is not None:
+                handshake.abort()
+            else:
                 reaching.cancel()
 
         connected: Deferred[IProtocol] = Deferred(cancel)
-        address = HostnameAddress(self._host.encode("idna"), self._port)
-
-        def build() -> _Handshake:
-            protocol = _Handshake(
-                self._request,
-                factory,
-                address,
-                connected,
-                self._clock,
-                self._timeout,
-            )
-            handshake.append(protocol)
-            return protocol
+        handshake = _Handshake(
+            self._request,
+            factory,
+            HostnameAddress(self._host.encode("idna"), self._port),
+            connected,
+            self._clock,
+            self._timeout,
+        )
 
         def unreachable(failure: Failure) -> None:
             if not connected.called:
                 connected.errback(failure)
 
-        reaching = self._proxy.connect(_HandshakeFactory(build))
+        reaching = self._proxy.connect(_HandshakeFactory(handshake))
         reaching.addErrback(unreachable)
         return connected

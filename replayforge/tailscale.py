@@ -33,12 +33,13 @@ from twisted.internet.error import CannotListenError, ConnectError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import Agent, ResponseFailed
 from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.server import Site
 from zope.interface import implementer
 
 from replayforge.backoff import Backoff
+from replayforge.outgoing import client_pool
 
 log = Logger()
 
@@ -122,8 +123,7 @@ class LocalAPI:
 
     def __init__(self, reactor: Any, path: str = DEFAULT_SOCKET) -> None:
         self.path = path
-        self._reactor = reactor
-        self._pool = HTTPConnectionPool(reactor, persistent=False)
+        self._pool = client_pool(reactor, persistent=False)
         agent = Agent.usingEndpointFactory(
             reactor, _SocketEndpoints(reactor, path), pool=self._pool
         )
