@@ -40,6 +40,7 @@ from twisted.logger import (
 
 from replayforge.config import ConfigError
 from replayforge.configcheck import PARSERS, load_for_check, render
+from replayforge.logs import LEVELS
 from replayforge.lua import Emitted, LuaScript, ScriptError, ScriptFailure
 from replayforge.proxy.logline import DEFAULT_HTTP_PATH, decode_line, wrap_line
 from replayforge.statusview import (
@@ -55,12 +56,8 @@ EXIT_FAILED_CALLS = 1
 EXIT_CANNOT_START = 2
 EXIT_INVALID = 1
 
-LOG_LEVELS = {
-    "debug": LogLevel.debug,
-    "info": LogLevel.info,
-    "warn": LogLevel.warn,
-    "error": LogLevel.error,
-}
+# The level names the daemons' configs take, without their aliases.
+LOG_LEVEL_NAMES = ("debug", "error", "info", "warn")
 
 
 @attrs.frozen
@@ -181,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lua.add_argument(
         "--log-level",
-        choices=sorted(LOG_LEVELS),
+        choices=LOG_LEVEL_NAMES,
         default="debug",
         help="the least level of script logs shown on stderr (default: debug)",
     )
@@ -266,7 +263,7 @@ def run_status(options: argparse.Namespace, streams: Streams) -> int:
 
 def run_lua(options: argparse.Namespace, streams: Streams) -> int:
     """Run the C{lua} subcommand; see the module's docstring."""
-    observer = _stderr_observer(streams.stderr, LOG_LEVELS[options.log_level])
+    observer = _stderr_observer(streams.stderr, LEVELS[options.log_level])
     globalLogPublisher.addObserver(observer)
     try:
         return _run_lua(options, streams)

@@ -131,10 +131,7 @@ def plain(value: Any) -> Any:
                 result[field.name] = plain(item)
         return result
     if isinstance(value, Mapping):
-        return {
-            str(key): _masked_secret(item) if _secret_named(key, item) else plain(item)
-            for key, item in value.items()
-        }
+        return {str(key): _named(key, item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [plain(item) for item in value]
     if isinstance(value, set | frozenset):
@@ -150,21 +147,21 @@ def plain(value: Any) -> Any:
     return mask_text(str(value))
 
 
+def _named(name: Any, item: Any) -> Any:
+    """Render the value of a key or header C{name}, masked if it looks secret."""
+    return _masked_secret(item) if _secret_named(name, item) else plain(item)
+
+
 def _headers(value: Any) -> Any:
     """Render C{(name, value)} header pairs, masking credentials."""
-    if isinstance(value, Mapping):
-        return plain(value)
     if not isinstance(value, list | tuple):
         return plain(value)
-    pairs = []
-    for pair in value:
-        if isinstance(pair, list | tuple) and len(pair) == 2:
-            name, item = pair
-            masked = _masked_secret(item) if _secret_named(name, item) else plain(item)
-            pairs.append([plain(name), masked])
-        else:
-            pairs.append(plain(pair))
-    return pairs
+    return [
+        [plain(pair[0]), _named(*pair)]
+        if isinstance(pair, list | tuple) and len(pair) == 2
+        else plain(pair)
+        for pair in value
+    ]
 
 
 def render(daemon: str, source: str, record: Any, as_json: bool = False) -> str:

@@ -140,6 +140,19 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(headers), *(line(row) for row in rows)]) + "\n"
 
 
+# The in, out, received and sent columns of every bucket and traffic row.
+COUNT_FIELDS = (
+    "rxMessagesByMinute",
+    "txMessageByMinute",
+    "rxMessagesSinceStart",
+    "txMessagesSinceStart",
+)
+
+
+def _counts(entry: Mapping[str, Any]) -> list[str]:
+    return [_count(entry.get(field)) for field in COUNT_FIELDS]
+
+
 def _bucket_rows(buckets: Mapping[str, Any]) -> list[list[str]]:
     rows = []
     for name, raw in buckets.items():
@@ -152,10 +165,7 @@ def _bucket_rows(buckets: Mapping[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 str(name),
-                _count(bucket.get("rxMessagesByMinute")),
-                _count(bucket.get("txMessageByMinute")),
-                _count(bucket.get("rxMessagesSinceStart")),
-                _count(bucket.get("txMessagesSinceStart")),
+                *_counts(bucket),
                 f"{size} / {cap}",
                 _count(sum(v for v in dropped.values() if isinstance(v, int))),
             ]
@@ -170,10 +180,7 @@ def _traffic_rows(entries: Mapping[str, Any], now: float) -> list[list[str]]:
         rows.append(
             [
                 str(name),
-                _count(entry.get("rxMessagesByMinute")),
-                _count(entry.get("txMessageByMinute")),
-                _count(entry.get("rxMessagesSinceStart")),
-                _count(entry.get("txMessagesSinceStart")),
+                *_counts(entry),
                 _age(entry.get("rxLastMessageDate"), now),
                 _age(entry.get("txLastAccess"), now),
             ]

@@ -23,7 +23,7 @@ from twisted.web.server import Request
 
 from replayforge.logs import mask_value
 from replayforge.metrics import DaemonMetrics
-from replayforge.relay.bucket import BucketStore
+from replayforge.relay.bucket import BucketStore, bucket_sizes
 from replayforge.relay.config import RelayConfig
 from replayforge.relay.pages import Dashboard
 from replayforge.relay.stats import RelayStats
@@ -124,13 +124,13 @@ class RelayAPI:
             raise BadRequest(
                 503, "cannot check the tailnet identity now; try again later"
             ) from None
+        if peer is None:
+            raise BadRequest(
+                403,
+                f"{host} is not a tailnet peer allowed for bucket {guarded[0].name!r}",
+            )
         for store in guarded:
             bucket = store.config
-            if peer is None:
-                raise BadRequest(
-                    403,
-                    f"{host} is not a tailnet peer allowed for bucket {bucket.name!r}",
-                )
             if not peer.allowed(
                 bucket.allowed_tailnet_nodes, bucket.allowed_tailnet_users
             ):
@@ -301,10 +301,7 @@ class StatusAPI:
     @app.route("/statusz", methods=["GET"])
     def statusz(self, request: IRequest) -> bytes:
         """Render traffic, sizes, node reports and drops as JSON."""
-        sizes = {
-            name: (store.used_bytes, store.config.max_bytes)
-            for name, store in self._stores.items()
-        }
+        sizes = bucket_sizes(self._stores)
         # Node reports come from other hosts: mask what they may have let by.
         status = mask_value(self._stats.as_json(self._clock.seconds(), sizes))
         return json_body(request, 200, status)

@@ -12,7 +12,7 @@ retried batch is stored once.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -299,3 +299,13 @@ class BucketStore:
             return size
 
         return done.addCallback(measured)
+
+
+def bucket_sizes(
+    stores: Mapping[str, BucketStore],
+) -> dict[str, tuple[int, int | None]]:
+    """Per bucket, the bytes in use and the cap (or L{None})."""
+    return {
+        name: (store.used_bytes, store.config.max_bytes)
+        for name, store in stores.items()
+    }

@@ -62,6 +62,24 @@ def _latest(*times: float | None) -> float | None:
     return max(known) if known else None
 
 
+def _last_traffic(counts: Mapping[str, Any]) -> float | None:
+    """The last time a bucket, environment or host sent or fetched anything."""
+    return _latest(
+        parse_time(counts.get("rxLastMessageDate")),
+        parse_time(counts.get("txLastAccess")),
+    )
+
+
+def _traffic(counts: Mapping[str, Any]) -> dict[str, int]:
+    """The counts every bucket, environment and host row shows."""
+    return {
+        "rxPerMinute": _integer(counts.get("rxMessagesByMinute")),
+        "txPerMinute": _integer(counts.get("txMessageByMinute")),
+        "rxSinceStart": _integer(counts.get("rxMessagesSinceStart")),
+        "txSinceStart": _integer(counts.get("txMessagesSinceStart")),
+    }
+
+
 class Overview:
     """
     Build the dashboard's document at one moment.
@@ -75,7 +93,7 @@ class Overview:
         self.stale_after = stale_after
 
     def _liveness(self, last_seen: float | None) -> dict[str, Any]:
-        age = None if last_seen is None else max(0, int(self.now - last_seen))
+        age = self._age(last_seen)
         return {
             "lastSeen": rfc3339(last_seen) if last_seen is not None else None,
             "ageSeconds": age,
@@ -137,11 +155,8 @@ class Overview:
         minutes = [*history.minutes(name), running]
         return {
             "name": name,
-            "rxPerMinute": running.received,
-            "txPerMinute": running.sent,
+            **_traffic(counts),
             "rxLastMinute": _integer(counts.get("lastMinuteRxMessages")),
-            "rxSinceStart": _integer(counts.get("rxMessagesSinceStart")),
-            "txSinceStart": _integer(counts.get("txMessagesSinceStart")),
             "rxAgeSeconds": self._age(parse_time(counts.get("rxLastMessageDate"))),
             "txAgeSeconds": self._age(parse_time(counts.get("txLastAccess"))),
             "backlog": backlog,
@@ -159,10 +174,6 @@ class Overview:
         self, name: str, counts: Mapping[str, Any], report: Mapping[str, Any]
     ) -> dict[str, Any]:
         last_report = parse_time(report.get("lastUpdated"))
-        last_traffic = _latest(
-            parse_time(counts.get("rxLastMessageDate")),
-            parse_time(counts.get("txLastAccess")),
-        )
         env = report.get("envName")
         return {
             "name": name,
@@ -170,11 +181,8 @@ class Overview:
             "reportAgeSeconds": self._age(last_report),
             "lastReport": rfc3339(last_report) if last_report is not None else None,
             **{figure: _number(report.get(figure)) for figure in NODE_FIGURES},
-            "rxPerMinute": _integer(counts.get("rxMessagesByMinute")),
-            "txPerMinute": _integer(counts.get("txMessageByMinute")),
-            "rxSinceStart": _integer(counts.get("rxMessagesSinceStart")),
-            "txSinceStart": _integer(counts.get("txMessagesSinceStart")),
-            **self._liveness(_latest(last_report, last_traffic)),
+            **_traffic(counts),
+            **self._liveness(_latest(last_report, _last_traffic(counts))),
         }
 
     def _envs(
@@ -186,8 +194,7 @@ class Overview:
             counts = _mapping(traffic.get(name))
             members = [host for host in hosts if host["env"] == name]
             last_seen = _latest(
-                parse_time(counts.get("rxLastMessageDate")),
-                parse_time(counts.get("txLastAccess")),
+                _last_traffic(counts),
                 *(parse_time(host["lastSeen"]) for host in members),
             )
             envs.append(
@@ -195,10 +202,7 @@ class Overview:
                     "name": name,
                     "hosts": len(members),
                     "staleHosts": sum(1 for host in members if host["stale"]),
-                    "rxPerMinute": _integer(counts.get("rxMessagesByMinute")),
-                    "txPerMinute": _integer(counts.get("txMessageByMinute")),
-                    "rxSinceStart": _integer(counts.get("rxMessagesSinceStart")),
-                    "txSinceStart": _integer(counts.get("txMessagesSinceStart")),
+                    **_traffic(counts),
                     **self._liveness(last_seen),
                 }
             )

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from replayforge.relay.bucket import BucketStore
+from replayforge.relay.bucket import BucketStore, bucket_sizes
 from replayforge.relay.history import MinuteSample, TrafficHistory
 from replayforge.relay.overview import Overview
 from replayforge.relay.stats import RelayStats
@@ -122,10 +122,7 @@ class Dashboard:
     def data(self, request: IRequest) -> bytes:
         """Render what the page shows, as JSON."""
         now = self._clock.seconds()
-        sizes = {
-            name: (store.used_bytes, store.config.max_bytes)
-            for name, store in self._stores.items()
-        }
+        sizes = bucket_sizes(self._stores)
         backlogs = {name: store.backlog for name, store in self._stores.items()}
         document = Overview(now, self._stale_after).build(
             self._stats.as_json(now, sizes), sizes, backlogs, self.history

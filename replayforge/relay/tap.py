@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -189,11 +189,6 @@ def _tailscale_lines(config: RelayConfig, on_tailnet: bool) -> list[str]:
                 f"with the bucket's token"
             )
     return lines
-
-
-def make_relay_service(config_path: str, reactor: IReactorCore) -> IService:
-    """Read the configuration at C{config_path} and build the relay."""
-    return RelayService(load_relay_config(config_path), reactor)
 
 
 def makeService(options: usage.Options) -> IService:

@@ -10,22 +10,26 @@ const SPARK_HEIGHT = 26;
 
 let lastGood = null;
 
+function finite(value) {
+  return typeof value === "number" && Number.isFinite(value);
+}
+
 function count(value) {
-  if (typeof value !== "number" || !Number.isFinite(value)) {
+  if (!finite(value)) {
     return "–";
   }
   return Math.round(value).toLocaleString("en-US");
 }
 
 function percent(value) {
-  if (typeof value !== "number" || !Number.isFinite(value)) {
+  if (!finite(value)) {
     return "–";
   }
   return value.toFixed(1) + " %";
 }
 
 function bytes(value) {
-  if (typeof value !== "number" || !Number.isFinite(value)) {
+  if (!finite(value)) {
     return "–";
   }
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -39,7 +43,7 @@ function bytes(value) {
 }
 
 function age(seconds) {
-  if (typeof seconds !== "number" || !Number.isFinite(seconds)) {
+  if (!finite(seconds)) {
     return "never";
   }
   if (seconds < 90) {
@@ -161,12 +165,13 @@ function bucketRow(bucket) {
   cell(row, "received", count(bucket.rxSinceStart), "last stored " + age(bucket.rxAgeSeconds));
   cell(row, "sent", count(bucket.txSinceStart), "last fetched " + age(bucket.txAgeSeconds));
   cell(row, "backlog", count(bucket.backlog));
-  const cap = typeof bucket.maxBytes === "number" ? bytes(bucket.maxBytes) : "no cap";
+  const capped = typeof bucket.maxBytes === "number";
+  const cap = capped ? bytes(bucket.maxBytes) : "no cap";
   const size = cell(row, "size", bytes(bucket.usedBytes) + " / " + cap);
   const meter = document.createElement("meter");
   meter.min = 0;
-  meter.max = typeof bucket.maxBytes === "number" ? bucket.maxBytes : 1;
-  meter.value = typeof bucket.maxBytes === "number" ? bucket.usedBytes : 0;
+  meter.max = capped ? bucket.maxBytes : 1;
+  meter.value = capped ? bucket.usedBytes : 0;
   meter.high = meter.max * 0.8;
   size.appendChild(meter);
   if (bucket.full) {
