@@ -27,6 +27,16 @@ def rfc3339(seconds: float | None) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_rfc3339(text: Any) -> float | None:
+    """Read back a time L{rfc3339} wrote; L{None} for never or not a time."""
+    if not isinstance(text, str) or not text or text == GO_ZERO_TIME:
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
 def go_duration(seconds: float) -> str:
     """Format a duration the way Go's C{time.Duration} prints it."""
     whole_hours, rest = divmod(seconds, 3600)

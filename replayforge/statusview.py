@@ -13,11 +13,10 @@ import math
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from replayforge.status import GO_ZERO_TIME
+from replayforge.status import GO_ZERO_TIME, parse_rfc3339
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
 MAX_STATUS_BYTES = 16 * 1024 * 1024
@@ -108,13 +107,13 @@ def _size(value: Any) -> str:
 
 
 def _age(text: Any, now: float) -> str:
-    if not isinstance(text, str) or not text or text == GO_ZERO_TIME:
+    moment = parse_rfc3339(text)
+    if moment is None:
+        # A text that is not a time is shown as it is.
+        if isinstance(text, str) and text and text != GO_ZERO_TIME:
+            return text
         return "never"
-    try:
-        seconds = now - datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return text
-    seconds = max(0.0, seconds)
+    seconds = max(0.0, now - moment)
     if seconds < 90:
         return f"{seconds:.0f}s ago"
     if seconds < 5400:

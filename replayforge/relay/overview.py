@@ -14,11 +14,10 @@ anything, and whatever else it holds is not shown.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from replayforge.relay.history import MinuteSample, TrafficHistory
-from replayforge.status import GO_ZERO_TIME, rfc3339
+from replayforge.status import parse_rfc3339, rfc3339
 
 # Figures of a node report shown on the dashboard, by the Go field names.
 NODE_FIGURES = (
@@ -30,16 +29,6 @@ NODE_FIGURES = (
     "warnCount",
     "errorCount",
 )
-
-
-def parse_time(text: Any) -> float | None:
-    """Read an RFC 3339 time of the status document; Go's zero time is never."""
-    if not isinstance(text, str) or not text or text == GO_ZERO_TIME:
-        return None
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
 
 
 def _number(value: Any) -> float | int | None:
@@ -65,8 +54,8 @@ def _latest(*times: float | None) -> float | None:
 def _last_traffic(counts: Mapping[str, Any]) -> float | None:
     """The last time a bucket, environment or host sent or fetched anything."""
     return _latest(
-        parse_time(counts.get("rxLastMessageDate")),
-        parse_time(counts.get("txLastAccess")),
+        parse_rfc3339(counts.get("rxLastMessageDate")),
+        parse_rfc3339(counts.get("txLastAccess")),
     )
 
 
@@ -157,8 +146,8 @@ class Overview:
             "name": name,
             **_traffic(counts),
             "rxLastMinute": _integer(counts.get("lastMinuteRxMessages")),
-            "rxAgeSeconds": self._age(parse_time(counts.get("rxLastMessageDate"))),
-            "txAgeSeconds": self._age(parse_time(counts.get("txLastAccess"))),
+            "rxAgeSeconds": self._age(parse_rfc3339(counts.get("rxLastMessageDate"))),
+            "txAgeSeconds": self._age(parse_rfc3339(counts.get("txLastAccess"))),
             "backlog": backlog,
             "usedBytes": used,
             "maxBytes": cap,
@@ -173,7 +162,7 @@ class Overview:
     def _host(
         self, name: str, counts: Mapping[str, Any], report: Mapping[str, Any]
     ) -> dict[str, Any]:
-        last_report = parse_time(report.get("lastUpdated"))
+        last_report = parse_rfc3339(report.get("lastUpdated"))
         env = report.get("envName")
         return {
             "name": name,
@@ -195,7 +184,7 @@ class Overview:
             members = [host for host in hosts if host["env"] == name]
             last_seen = _latest(
                 _last_traffic(counts),
-                *(parse_time(host["lastSeen"]) for host in members),
+                *(parse_rfc3339(host["lastSeen"]) for host in members),
             )
             envs.append(
                 {

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from replayforge.logs import mask_value
 from replayforge.relay.bucket import BucketStore, bucket_sizes
 from replayforge.relay.history import MinuteSample, TrafficHistory
 from replayforge.relay.overview import Overview
@@ -127,7 +128,8 @@ class Dashboard:
         document = Overview(now, self._stale_after).build(
             self._stats.as_json(now, sizes), sizes, backlogs, self.history
         )
-        body = json_body(request, 200, document)
+        # Host and environment names come from clients: mask as statusz does.
+        body = json_body(request, 200, mask_value(document))
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         return body
