@@ -62,6 +62,9 @@ class BudgetTests(ScriptTestCase):
 
     def assertStopped(self, body: str, script: LuaScript) -> ScriptFailure:
         """Running C{body} fails within a second, on the budget."""
+        # The one wall-time bound of the suite: stopping a runaway loop
+        # within a second is the requirement itself.  A starved machine
+        # could fail it.
         started = time.monotonic()
         with self.assertRaises(ScriptFailure, msg=body) as caught:
             script.process(body)

@@ -9,14 +9,11 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import formatEvent
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from replayforge.lua import LuaScript
@@ -27,6 +24,7 @@ from replayforge.proxy.http_source import CaptureResource
 from replayforge.proxy.pipeline import SourcePipeline
 from replayforge.proxy.stats import SinkStats, SourceStats
 from tests.log_support import capture_log
+from tests.stub_support import settle
 
 MIB = 1024 * 1024
 
@@ -91,20 +89,6 @@ class ScriptedSourceTests(TestCase):
         )
         return pipeline, buffer
 
-    async def settle(self, client: StubTreq, result: Deferred[Any]) -> Any:
-        """Wait, a few seconds at most, for C{result}, flushing the stub."""
-        outcome: list[Any] = []
-        result.addBoth(outcome.append)
-        for _ in range(500):
-            client.flush()
-            if outcome:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
-        self.assertEqual(len(outcome), 1, "no answer within 5 seconds")
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        return outcome[0]
-
     async def test_valid_traffic_kept_while_script_fails(self) -> None:
         """
         While the script fails on every other event, the others are still
@@ -117,12 +101,12 @@ class ScriptedSourceTests(TestCase):
 
         codes = []
         for number in range(10):
-            response = await self.settle(
+            response = await settle(
                 client,
                 client.post(f"http://proxy.test/e{number}", data=f"body {number}"),
             )
             codes.append(response.code)
-            await self.settle(client, response.content())
+            await settle(client, response.content())
 
         self.assertEqual(codes, [200] * 10)
         stored = [event.content for event in await buffer.oldest(100)]

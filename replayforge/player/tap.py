@@ -10,7 +10,6 @@ from typing import Any, cast
 from treq.client import HTTPClient
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -395,11 +394,6 @@ class PlayerService(MultiService):
 
 def _log_start_failure(failure: Failure, name: str) -> None:
     log.failure("sink {sink} failed to start", failure, sink=name)
-
-
-def make_player_service(config_path: str, reactor: IReactorCore) -> IService:
-    """Read the configuration at C{config_path} and build the player."""
-    return PlayerService(load_player_config(config_path), reactor)
 
 
 def makeService(options: usage.Options) -> IService:
